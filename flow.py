@@ -1,0 +1,243 @@
+"""Steps 5 and 9: the bijective net every flow in this tutorial subclasses.
+
+A normalizing flow is an invertible map between data x and a latent z with a simple
+prior p(z). The change of variables gives the exact density of the data:
+
+    log p(x) = log p(z) + log |det dz/dx|,    z = f(x)
+
+The one convention, followed by every class in the project:
+
+    forward(x) -> (z, logdet)    data to latent,  logdet = log |det dz/dx|, shape [batch]
+    inverse(z) -> (x, logdet)    latent to data,  logdet = log |det dx/dz| = -(forward's)
+
+    logProbability(x) = prior.logProbability(z) + logdet,   (z, logdet) = forward(x)
+    sample(batchSize) = inverse(prior.sample(batchSize))[0]
+
+`sample` and `logProbability` are written once, here. A subclass writes `forward` and
+`inverse`; a flow made of layers (`Composite`) adds their log-determinants and runs the
+inverses in reverse order.
+
+This file also holds the pieces NICE (nice.py) and RealNVP (realnvp.py) share:
+`Coupling`, which splits the features into two halves and transforms one given the
+other, and `Permutation`, which reorders features so that the halves form a
+checkerboard on images.
+
+Papers: NICE, Dinh et al. 2014, https://arxiv.org/abs/1410.8516;
+RealNVP, Dinh et al. 2016, https://arxiv.org/abs/1605.08803.
+"""
+import torch
+from torch import nn
+
+from test import MLP
+
+
+class Flow(nn.Module):
+    """A bijection x <-> z, optionally with a prior over z that makes it a distribution."""
+
+    def __init__(self, prior=None):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, x):
+        """Data to latent: returns (z, log |det dz/dx|)."""
+        raise NotImplementedError
+
+    def inverse(self, z):
+        """Latent to data: returns (x, log |det dx/dz|)."""
+        raise NotImplementedError
+
+    def logProbability(self, x):
+        """Exact log-density of each sample: [batch, ...] -> [batch]."""
+        z, logdet = self.forward(x)
+        return self._prior().logProbability(z) + logdet
+
+    log_prob = logProbability  # the name torch.distributions uses
+
+    def sample(self, batchSize, temperature=1.0):
+        """Draw `batchSize` samples by pushing prior samples through the inverse."""
+        z = self._prior().sample(batchSize, temperature=temperature)
+        return self.inverse(z)[0]
+
+    def _prior(self):
+        if self.prior is None:
+            raise RuntimeError(f"{type(self).__name__} was built without a prior, so it has no density")
+        return self.prior
+
+
+class Composite(Flow):
+    """Layers applied in order: z = f_k(... f_1(x)), log-dets add up, inverses run backwards."""
+
+    def __init__(self, layers, prior=None):
+        super().__init__(prior)
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, layer_logdet = layer(x)
+            logdet = logdet + layer_logdet
+        return x, logdet
+
+    def inverse(self, z):
+        logdet = z.new_zeros(z.shape[0])
+        for layer in reversed(self.layers):
+            z, layer_logdet = layer.inverse(z)
+            logdet = logdet + layer_logdet
+        return z, logdet
+
+
+class Coupling(Flow):
+    """Transform one half of the features given the other (step 3's f0 and f1).
+
+    The input [batch, n] is split into x = its first n/2 features and y = the rest.
+
+        update="y":  f1(x, y) = (x, g(y; x))     (the transformed half is y)
+        update="x":  f0(x, y) = (g(x; y), y)     (the transformed half is x)
+
+    The Jacobian is block-triangular (the kept half passes through unchanged), so its
+    determinant is the determinant of dg/d(half) alone. Only the conditioning half goes
+    into the coupling nets. Subclasses write `couple(half, condition) -> (half', logdet)`
+    and `uncouple(half', condition) -> (half, logdet)`.
+    """
+
+    def __init__(self, features, update):
+        super().__init__()
+        if update not in ("x", "y"):
+            raise ValueError(f"update must be 'x' (first half) or 'y' (second half), got {update!r}")
+        check_even(features, type(self).__name__)
+        self.features = features
+        self.half = features // 2
+        self.update = update
+
+    def forward(self, x):
+        return self._split_and_transform(x, self.couple)
+
+    def inverse(self, z):
+        return self._split_and_transform(z, self.uncouple)
+
+    def _split_and_transform(self, inputs, transform):
+        if inputs.dim() != 2 or inputs.shape[1] != self.features:
+            raise ValueError(
+                f"{type(self).__name__} expects [batch, {self.features}], got {list(inputs.shape)}"
+            )
+        first, second = inputs[:, : self.half], inputs[:, self.half :]
+        if self.update == "y":
+            second, logdet = transform(second, first)
+        else:
+            first, logdet = transform(first, second)
+        return torch.cat([first, second], dim=1), logdet
+
+    def couple(self, half, condition):
+        raise NotImplementedError
+
+    def uncouple(self, half, condition):
+        raise NotImplementedError
+
+    def extra_repr(self):
+        return f"features={self.features}, update={self.update!r}"
+
+
+class Permutation(Flow):
+    """Reorder the features by a fixed permutation: |det| = 1, logdet = 0."""
+
+    def __init__(self, order):
+        super().__init__()
+        order = torch.as_tensor(order, dtype=torch.long)
+        if not torch.equal(order.sort().values, torch.arange(len(order))):
+            raise ValueError("Permutation needs each index 0..n-1 exactly once")
+        # Buffers: they follow .to(device) and are saved in the state_dict.
+        self.register_buffer("order", order)
+        self.register_buffer("inverse_order", order.argsort())
+
+    def forward(self, x):
+        return x[:, self.order], x.new_zeros(x.shape[0])
+
+    def inverse(self, z):
+        return z[:, self.inverse_order], z.new_zeros(z.shape[0])
+
+
+class CouplingFlow(Composite):
+    """Couplings over a data shape, with the prior: the common frame of NICE and RealNVP.
+
+    Inputs of shape [batch, *shape] are flattened to [batch, n]. For images ([C, H, W]),
+    a fixed permutation puts the "white" squares of a checkerboard first and the "black"
+    ones second, so that each coupling transforms half the pixels given their
+    neighbours, and a second permutation puts the pixels back at the end: z has the
+    shape of x, and the permutations cost no log-det.
+    """
+
+    def __init__(self, prior, couplings):
+        check_even(prior.dim, type(self).__name__)
+        layers = list(couplings)
+        if len(prior.shape) == 3:
+            order = checkerboard_order(prior.shape)
+            layers = [Permutation(order)] + layers + [Permutation(order.argsort())]
+        super().__init__(layers, prior)
+        self.shape = prior.shape
+
+    def forward(self, x):
+        z, logdet = super().forward(self._flatten(x))
+        return z.reshape(x.shape), logdet
+
+    def inverse(self, z):
+        x, logdet = super().inverse(self._flatten(z))
+        return x.reshape(z.shape), logdet
+
+    def _flatten(self, inputs):
+        if inputs.shape[1:] != self.shape:
+            raise ValueError(
+                f"{type(self).__name__} expects [batch, {', '.join(map(str, self.shape))}], "
+                f"got {list(inputs.shape)}"
+            )
+        return inputs.flatten(1)
+
+
+def checkerboard_order(shape):
+    """Indices of a flattened [C, H, W] tensor: checkerboard 'white' squares first, then 'black'."""
+    channels, height, width = shape
+    rows = torch.arange(height).view(1, height, 1)
+    cols = torch.arange(width).view(1, 1, width)
+    black = ((rows + cols) % 2).expand(channels, height, width).flatten()
+    return torch.cat([torch.nonzero(black == 0).flatten(), torch.nonzero(black == 1).flatten()])
+
+
+def coupling_mlp(features, hidden, depth, activation=nn.ReLU):
+    """An MLP features -> hidden (x depth) -> features, the shape every coupling net has."""
+    shapes = [features] + [hidden] * depth + [features]
+    return MLP(shapes, [activation() for _ in range(depth)] + [None])
+
+
+def zero_last_layer(net):
+    """Zero the last linear layer of a net, so that it outputs 0 and its coupling starts as the identity."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return net
+
+
+def check_even(features, name):
+    if features % 2 != 0:
+        raise ValueError(
+            f"{name} splits the features into two equal halves, so their number must be even; got {features}"
+        )
+
+
+def demonstrate(flow):
+    """Print what a flow does on a few samples: shapes, round trip, log-det vs autograd, density."""
+    flow = flow.double()
+    with torch.no_grad():  # random weights, so the flow is not the identity
+        for p in flow.parameters():
+            p.normal_(0.0, 0.3)
+    parameters = sum(p.numel() for p in flow.parameters())
+    print(f"{type(flow).__name__} over {list(flow.shape)}: {len(flow.layers)} layers, {parameters} parameters")
+    x = torch.randn(3, *flow.shape, dtype=torch.double)
+    z, logdet = flow(x)
+    x_back, inverse_logdet = flow.inverse(z)
+    print(f"x {list(x.shape)} -> z {list(z.shape)}, logdet {list(logdet.shape)}")
+    print(f"round trip max |x - inverse(forward(x))| = {(x - x_back).abs().max():.2e}")
+    print(f"forward logdet + inverse logdet = {(logdet + inverse_logdet).abs().max():.2e}")
+    jacobian = torch.autograd.functional.jacobian(lambda v: flow(v.view(1, *flow.shape))[0].flatten(), x[0])
+    autograd_logdet = torch.linalg.slogdet(jacobian.reshape(z[0].numel(), -1)).logabsdet
+    print(f"logdet {logdet[0]:.6f}, autograd slogdet {autograd_logdet:.6f}")
+    samples = flow.sample(2)
+    print(f"sample {list(samples.shape)}, logProbability {flow.logProbability(samples).tolist()}")

@@ -1,0 +1,93 @@
+"""Step 6: RealNVP, a bijection built from affine couplings (Dinh et al. 2016,
+https://arxiv.org/abs/1605.08803).
+
+Split the input into halves x, y in R^{n/2}. One block is F = f0 o f1 with
+
+    f1(x, y) = (x, exp(su(x)) * y + u(x))
+    f0(x, y) = (exp(sv(y)) * x + v(y), y)
+
+and RealNVP stacks such blocks. Each coupling is inverted without inverting a net:
+
+    f1^-1(x, y') = (x, (y' - u(x)) * exp(-su(x)))
+
+The Jacobian of f1 is block lower-triangular,
+
+    d f1 / d(x, y) = [[I,                           0              ],
+                      [d(exp(su(x)) y + u(x))/dx,   diag(exp(su(x)))]]
+
+so det = prod(exp(su(x))) and logdet = sum(su(x)); likewise logdet(f0) = sum(sv(y)).
+
+Two guards keep training stable: each log-scale is bounded, s = a * tanh(raw) with a
+learned per-feature a (initially 1), and the last layer of every net starts at zero,
+so each coupling starts as the identity.
+
+`v`, `u`, `sv`, `su` are MLPs from test.py, one of each per block; the prior comes at init.
+"""
+import torch
+from torch import nn
+
+from flow import Coupling, CouplingFlow, check_even, coupling_mlp, zero_last_layer
+from prior import Gaussian
+
+
+class AffineCoupling(Coupling):
+    """g(h; c) = exp(s(c)) * h + t(c) with s = a * tanh(log_scale_net(c)): logdet = sum(s)."""
+
+    def __init__(self, features, shift_net, log_scale_net, update):
+        super().__init__(features, update)
+        self.shift_net = zero_last_layer(shift_net)
+        self.log_scale_net = zero_last_layer(log_scale_net)
+        self.log_scale_bound = nn.Parameter(torch.ones(features // 2))
+
+    def _shift_and_log_scale(self, half, condition):
+        # The nets may run in lower precision (autocast); the affine update and the
+        # log-det stay in the data's dtype.
+        shift = self.shift_net(condition).to(half.dtype)
+        log_scale = self.log_scale_bound * torch.tanh(self.log_scale_net(condition).to(half.dtype))
+        return shift, log_scale
+
+    def couple(self, half, condition):
+        shift, log_scale = self._shift_and_log_scale(half, condition)
+        return half * log_scale.exp() + shift, log_scale.sum(1)
+
+    def uncouple(self, half, condition):
+        shift, log_scale = self._shift_and_log_scale(half, condition)
+        return (half - shift) * (-log_scale).exp(), -log_scale.sum(1)
+
+
+class RealNVP(CouplingFlow):
+    """Stacked blocks F = f0 o f1 of affine couplings over the prior's shape.
+
+    prior: a `Gaussian` (its shape is the data's shape, n = its size, n even).
+    vNets, uNets, svNets, suNets: one MLP R^{n/2} -> R^{n/2} per block for each of
+    v, u, sv, su.
+    """
+
+    def __init__(self, prior, vNets, uNets, svNets, suNets):
+        check_even(prior.dim, "RealNVP")
+        counts = {len(vNets), len(uNets), len(svNets), len(suNets)}
+        if len(counts) != 1:
+            raise ValueError(
+                "RealNVP needs one v, u, sv and su net per block, got "
+                f"{len(vNets)}, {len(uNets)}, {len(svNets)}, {len(suNets)}"
+            )
+        n = prior.dim
+        couplings = []
+        for v, u, sv, su in zip(vNets, uNets, svNets, suNets):
+            # F = f0 o f1: data to latent applies f1 (transforms y) first, then f0 (x).
+            couplings += [AffineCoupling(n, u, su, update="y"), AffineCoupling(n, v, sv, update="x")]
+        super().__init__(prior, couplings)
+
+    @classmethod
+    def build(cls, shape, blocks=4, hidden=1000, depth=2):
+        """RealNVP over data of `shape` with MLP couplings n/2 -> hidden (x depth) -> n/2."""
+        prior = Gaussian(shape)
+        nets = lambda: [coupling_mlp(prior.dim // 2, hidden, depth) for _ in range(blocks)]
+        return cls(prior, nets(), nets(), nets(), nets())
+
+
+if __name__ == "__main__":
+    from flow import demonstrate
+
+    torch.manual_seed(0)
+    demonstrate(RealNVP.build([8], blocks=2, hidden=32))

@@ -1,0 +1,128 @@
+"""Step 4: one check that every bijective in the project passes.
+
+A bijective joins by adding one line to BIJECTIVES: an id, a factory for a small
+instance, and the shape of one input sample. Each is checked with random (not identity)
+weights, in float64 where exactness is the point, against independent references:
+autograd Jacobians and `torch.linalg.slogdet`.
+"""
+import io
+
+import pytest
+import torch
+
+from flow import Permutation, checkerboard_order, coupling_mlp
+from nice import NICE, AdditiveCoupling, DiagonalScaling
+from realnvp import RealNVP, AffineCoupling
+
+BIJECTIVES = [
+    pytest.param(lambda: AdditiveCoupling(8, coupling_mlp(4, 16, 2), update="x"), [8], id="additive-coupling-x"),
+    pytest.param(lambda: AdditiveCoupling(8, coupling_mlp(4, 16, 2), update="y"), [8], id="additive-coupling-y"),
+    pytest.param(lambda: AffineCoupling(8, coupling_mlp(4, 16, 2), coupling_mlp(4, 16, 2), update="x"), [8], id="affine-coupling-x"),
+    pytest.param(lambda: AffineCoupling(6, coupling_mlp(3, 16, 1), coupling_mlp(3, 16, 1), update="y"), [6], id="affine-coupling-y"),
+    pytest.param(lambda: DiagonalScaling(5), [5], id="diagonal-scaling"),
+    pytest.param(lambda: Permutation(checkerboard_order([1, 4, 4])), [16], id="checkerboard-permutation"),
+    pytest.param(lambda: NICE.build([4], blocks=2, hidden=16), [4], id="nice-flat-4"),
+    pytest.param(lambda: NICE.build([1, 4, 4], blocks=2, hidden=16), [1, 4, 4], id="nice-image-1x4x4"),
+    pytest.param(lambda: RealNVP.build([10], blocks=2, hidden=16), [10], id="realnvp-flat-10"),
+    pytest.param(lambda: RealNVP.build([16], blocks=3, hidden=16, depth=1), [16], id="realnvp-flat-16"),
+    pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16), [1, 4, 4], id="realnvp-image-1x4x4"),
+]
+
+
+def randomized(factory, seed=0, dtype=torch.float64):
+    """An instance with random weights: couplings start as the identity, which would hide bugs."""
+    torch.manual_seed(seed)
+    module = factory().to(dtype)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.5)
+    return module
+
+
+def logdet_by_autograd(module, sample):
+    """log |det dz/dx| at one sample, from the full Jacobian computed by autograd."""
+    def f(v):
+        return module(v.unsqueeze(0))[0].flatten()
+
+    jacobian = torch.autograd.functional.jacobian(f, sample)  # [D, *shape]
+    return torch.linalg.slogdet(jacobian.reshape(jacobian.shape[0], -1)).logabsdet
+
+
+@pytest.mark.parametrize("factory, shape", BIJECTIVES)
+def test_round_trip_both_ways(factory, shape):
+    module = randomized(factory)
+    x = torch.randn(7, *shape, dtype=torch.float64)
+    z, _ = module(x)
+    assert (module.inverse(z)[0] - x).abs().max() <= 1e-10
+    assert (module(module.inverse(x)[0])[0] - x).abs().max() <= 1e-10
+    assert (z - x).abs().max() > 1e-3 or isinstance(module, Permutation), "random weights should move points"
+
+
+@pytest.mark.parametrize("factory, shape", BIJECTIVES)
+def test_logdet_matches_autograd_jacobian(factory, shape):
+    module = randomized(factory)
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    z, logdet = module(x)
+    _, inverse_logdet = module.inverse(z)
+    assert logdet.shape == (3,)
+    for i in range(3):
+        assert abs(logdet[i] - logdet_by_autograd(module, x[i])) <= 1e-8
+        # the inverse's log-det is log|det dx/dz| = -log|det dz/dx| at the same point
+        assert abs(inverse_logdet[i] + logdet[i]) <= 1e-10
+
+
+@pytest.mark.parametrize("factory, shape", BIJECTIVES)
+def test_every_parameter_gets_a_gradient(factory, shape):
+    module = randomized(factory)
+    x = torch.randn(5, *shape, dtype=torch.float64, requires_grad=True)
+    z, logdet = module(x)
+    (z.pow(2).sum() - logdet.sum()).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+    for name, parameter in module.named_parameters():
+        assert parameter.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
+        assert parameter.grad.abs().max() > 0, f"{name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("factory, shape", BIJECTIVES)
+def test_state_dict_round_trip(factory, shape):
+    original = randomized(factory, seed=1)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    restored = randomized(factory, seed=2)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    for got, expected in zip(restored(x), original(x)):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("factory, shape", BIJECTIVES)
+def test_runs_in_dtype_with_finite_outputs(factory, shape, dtype):
+    module = randomized(factory, dtype=dtype)
+    x = torch.randn(6, *shape, dtype=dtype)
+    z, logdet = module(x)
+    x_back, inverse_logdet = module.inverse(z)
+    for output in (z, logdet, x_back, inverse_logdet):
+        assert output.dtype == dtype
+        assert torch.isfinite(output).all()
+    assert z.shape == x.shape and logdet.shape == (6,)
+
+
+@pytest.mark.parametrize("factory, shape", BIJECTIVES)
+def test_follows_the_module_device(factory, shape):
+    # On the meta device any tensor made on the CPU inside forward/inverse would clash.
+    module = factory().to("meta")
+    x = torch.empty(2, *shape, device="meta")
+    z, logdet = module(x)
+    x_back, inverse_logdet = module.inverse(z)
+    assert {t.device.type for t in (z, logdet, x_back, inverse_logdet)} == {"meta"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("factory, shape", BIJECTIVES)
+def test_runs_on_cuda(factory, shape):
+    module = randomized(factory).cuda()
+    x = torch.randn(4, *shape, dtype=torch.float64, device="cuda")
+    assert (module.inverse(module(x)[0])[0] - x).abs().max() <= 1e-10

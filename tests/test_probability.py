@@ -1,0 +1,87 @@
+"""The prior against torch.distributions, and flows as normalised densities."""
+import pytest
+import torch
+
+from nice import NICE
+from prior import Gaussian
+from realnvp import RealNVP
+
+
+@pytest.mark.parametrize("shape", [[5], [2, 3], [1, 4, 4]])
+def test_gaussian_matches_torch_distributions(shape):
+    torch.manual_seed(0)
+    prior = Gaussian(shape).double()
+    z = 3 * torch.randn(6, *shape, dtype=torch.float64)
+    reference = torch.distributions.Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1)
+    assert torch.allclose(prior.logProbability(z), reference, atol=1e-12, rtol=0)
+    assert prior.sample(11).shape == (11, *shape)
+
+
+def test_gaussian_samples_have_unit_moments():
+    torch.manual_seed(0)
+    z = Gaussian([4]).double().sample(200_000)
+    assert z.mean().abs() < 0.01
+    assert (z.std() - 1).abs() < 0.01
+    assert (Gaussian([4]).sample(50_000, temperature=0.5).std() - 0.5).abs() < 0.01
+
+
+def random_2d(factory):
+    torch.manual_seed(0)
+    flow = factory().double()
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.normal_(0.0, 0.4)
+    return flow
+
+
+FLOWS_2D = [
+    pytest.param(lambda: NICE.build([2], blocks=2, hidden=16), id="nice-2d"),
+    pytest.param(lambda: RealNVP.build([2], blocks=2, hidden=16), id="realnvp-2d"),
+]
+
+
+@pytest.mark.parametrize("factory", FLOWS_2D)
+def test_density_integrates_to_one_on_a_grid(factory):
+    flow = random_2d(factory)
+    # The grid must hold nearly all the mass: check the samples first.
+    with torch.no_grad():
+        samples = flow.sample(10_000)
+    limit = 16.0
+    assert samples.abs().max() < 0.6 * limit, "the flow spreads mass beyond the grid"
+    points = torch.linspace(-limit, limit, 1601, dtype=torch.float64)
+    cell = (points[1] - points[0]) ** 2
+    grid = torch.cartesian_prod(points, points)
+    with torch.no_grad():
+        density = flow.logProbability(grid).exp()
+    integral = (density.sum() * cell).item()
+    assert abs(integral - 1) < 0.01, integral
+    # Not the prior in disguise: the flow moved the density.
+    prior_density = flow.prior.logProbability(grid).exp()
+    assert (density - prior_density).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("factory", FLOWS_2D + [pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16), id="realnvp-image")])
+def test_samples_and_their_log_probability(factory):
+    flow = random_2d(factory)
+    torch.manual_seed(1)
+    z = flow.prior.sample(64)
+    x, inverse_logdet = flow.inverse(z)
+    assert x.shape == (64, *flow.shape)
+    log_probability = flow.logProbability(x)
+    assert log_probability.shape == (64,) and torch.isfinite(log_probability).all()
+    # log p(x) = log p(z) + log|det dz/dx| = log p(z) - log|det dx/dz|
+    expected = flow.prior.logProbability(z) - inverse_logdet
+    assert torch.allclose(log_probability, expected, atol=1e-9, rtol=0)
+    assert flow.sample(5).shape == (5, *flow.shape)
+
+
+def test_log_prob_is_an_alias():
+    flow = random_2d(FLOWS_2D[1].values[0])
+    x = torch.randn(3, 2, dtype=torch.float64)
+    assert torch.equal(flow.log_prob(x), flow.logProbability(x))
+
+
+def test_double_precision_follows_the_module():
+    flow = RealNVP.build([6], blocks=1, hidden=8).double()
+    assert flow.sample(3).dtype == torch.float64
+    assert flow.logProbability(torch.randn(3, 6, dtype=torch.float64)).dtype == torch.float64
