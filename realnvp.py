@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from flow import Coupling, CouplingFlow, check_even, coupling_mlp, zero_last_layer
+from layers import ActNorm
 from prior import Gaussian
 
 
@@ -61,9 +62,11 @@ class RealNVP(CouplingFlow):
     prior: a `Gaussian` (its shape is the data's shape, n = its size, n even).
     vNets, uNets, svNets, suNets: one MLP R^{n/2} -> R^{n/2} per block for each of
     v, u, sv, su.
+    actnorm: put an ActNorm (layers.py) before each block; call
+    `layers.data_dependent_init` with a batch of data before training.
     """
 
-    def __init__(self, prior, vNets, uNets, svNets, suNets):
+    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False):
         check_even(prior.dim, "RealNVP")
         counts = {len(vNets), len(uNets), len(svNets), len(suNets)}
         if len(counts) != 1:
@@ -74,16 +77,18 @@ class RealNVP(CouplingFlow):
         n = prior.dim
         couplings = []
         for v, u, sv, su in zip(vNets, uNets, svNets, suNets):
+            if actnorm:  # a per-feature affine map before each block, set from data (layers.py)
+                couplings.append(ActNorm(n))
             # F = f0 o f1: data to latent applies f1 (transforms y) first, then f0 (x).
             couplings += [AffineCoupling(n, u, su, update="y"), AffineCoupling(n, v, sv, update="x")]
         super().__init__(prior, couplings)
 
     @classmethod
-    def build(cls, shape, blocks=4, hidden=1000, depth=2):
+    def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False):
         """RealNVP over data of `shape` with MLP couplings n/2 -> hidden (x depth) -> n/2."""
         prior = Gaussian(shape)
         nets = lambda: [coupling_mlp(prior.dim // 2, hidden, depth) for _ in range(blocks)]
-        return cls(prior, nets(), nets(), nets(), nets())
+        return cls(prior, nets(), nets(), nets(), nets(), actnorm=actnorm)
 
 
 if __name__ == "__main__":

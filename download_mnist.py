@@ -1,0 +1,424 @@
+"""Download MNIST, unzip it, and load it into PyTorch.
+
+Run it once before training:
+
+    python download_mnist.py                        # into data/MNIST/raw/
+    python download_mnist.py --mirror ~/mnist-copy  # from a local copy
+
+MNIST is published as four gzip files. This script fetches each one from the
+first mirror that answers, decompresses it while it streams in, checks the MD5
+of the *uncompressed* bytes against the published value (so it does not matter
+how a mirror compressed the file) and stores it under ``ROOT/MNIST/raw/``:
+
+    data/MNIST/raw/train-images-idx3-ubyte   60000 training images
+    data/MNIST/raw/train-labels-idx1-ubyte   their labels (0-9)
+    data/MNIST/raw/t10k-images-idx3-ubyte    10000 test images
+    data/MNIST/raw/t10k-labels-idx1-ubyte    their labels
+
+This is the layout ``torchvision.datasets.MNIST(root="data")`` reads, but the
+rest of this project uses ``load_mnist`` below, which needs no torchvision.
+
+A file is first written to a temporary ``.part`` file next to its final name
+and renamed only once its MD5 is right, so an interrupted or corrupt download
+never leaves a half-written file behind. Files that are already present with
+the right MD5 are not downloaded again.
+
+The idx format
+--------------
+Each file is a big-endian header followed by the raw data:
+
+    bytes 0-1   always 0
+    byte  2     data type, 0x08 = unsigned byte
+    byte  3     number of dimensions (3 for images, 1 for labels)
+    then        one 4-byte size per dimension: N, 28, 28 for images,
+                N for labels
+    then        N*28*28 (or N) unsigned bytes, row by row
+
+Read as one 32-bit number the first four bytes are the "magic number": 2051
+(0x00000803) for image files, 2049 (0x00000801) for label files.
+"""
+
+import argparse
+import gzip
+import hashlib
+import math
+import os
+import shlex
+import struct
+import sys
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import requests
+import torch
+import urllib3
+from tqdm import tqdm
+from tqdm.utils import CallbackIOWrapper
+
+# Public copies of the original files, tried in this order. The first two are
+# the ones torchvision and the TensorFlow tutorials download from; the original
+# site is last because it is often slow or refuses downloads.
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+# Installed file name -> published MD5 of its uncompressed content.
+# Mirrors serve each file as NAME + ".gz".
+FILES = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+SPLITS = {"train": "train", "test": "t10k"}  # split -> file name prefix
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+IMAGE_SIZE = 28
+CHUNK_SIZE = 1 << 20  # bytes handled at a time while streaming
+
+
+class MnistDownloadError(RuntimeError):
+    """No mirror delivered a file; the message says what each one answered."""
+
+
+class _MirrorFailure(Exception):
+    """One attempt to get one file from one mirror failed.
+
+    ``permanent`` failures (HTTP 4xx, missing local file) are not retried:
+    asking again would give the same answer.
+    """
+
+    def __init__(self, reason, permanent=False):
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+# --------------------------------------------------------------------------
+# Downloading
+# --------------------------------------------------------------------------
+
+def download_mnist(root="data", mirrors=(), files=None, timeout=30, retries=1,
+                   progress=True, default_mirrors=True):
+    """Install the MNIST files into ROOT/MNIST/raw/ and return their paths.
+
+    mirrors: extra sources tried before ``MIRRORS``; each is an http(s) URL,
+        a file:// URL or a local directory holding the ``.gz`` files.
+    files: name -> MD5 of the uncompressed file; defaults to ``FILES``.
+    timeout: seconds to wait for a mirror to connect and for each read.
+    retries: extra attempts per mirror after a failure that may be temporary.
+    progress: show a progress bar per file, messages and a final summary.
+    default_mirrors: also try ``MIRRORS``; set to False to stay offline.
+
+    Raises MnistDownloadError when no mirror delivers a file.
+    """
+    files = FILES if files is None else files
+    sources = list(mirrors) + (list(MIRRORS) if default_mirrors else [])
+    target = _raw_folder(root)
+    target.mkdir(parents=True, exist_ok=True)
+
+    installed = []  # (path, mirror it came from, or None if already there)
+    for name, md5 in files.items():
+        path = target / name
+        if path.exists():
+            if _md5_of_file(path) == md5:
+                installed.append((path, None))
+                continue
+            _say(progress, f"{path} has the wrong MD5, downloading it again")
+        mirror = _fetch_from_mirrors(name, md5, target, sources, root,
+                                     timeout, retries, progress)
+        installed.append((path, mirror))
+
+    if progress:
+        _print_summary(target, installed)
+    return [path for path, _ in installed]
+
+
+def ensure_mnist(root="data", mirrors=(), **options):
+    """Download MNIST only if one of its files is missing; return the paths.
+
+    Takes the same options as ``download_mnist``. Unlike it, this does not
+    re-check the MD5 of files that are present, so it is instant once the
+    data is installed.
+    """
+    files = options.get("files") or FILES
+    paths = [_raw_folder(root) / name for name in files]
+    if all(path.exists() for path in paths):
+        return paths
+    return download_mnist(root, mirrors, **options)
+
+
+def _fetch_from_mirrors(name, md5, target, mirrors, root, timeout, retries,
+                        progress):
+    """Try each mirror in turn until one delivers NAME; return that mirror."""
+    failures = []
+    for mirror in mirrors:
+        for attempt in range(1, retries + 2):
+            try:
+                _fetch(mirror, name, md5, target, timeout, progress)
+                return mirror
+            except _MirrorFailure as failure:
+                failures.append(f"{mirror} (attempt {attempt}): {failure}")
+                _say(progress, f"{name}.gz from {mirror}: {failure}")
+                if failure.permanent:
+                    break
+    raise MnistDownloadError(_failure_message(name, failures, root))
+
+
+def _fetch(mirror, name, md5, target, timeout, progress):
+    """Stream NAME.gz from MIRROR, unzip it and install it as TARGET/NAME.
+
+    Translates everything that can go wrong into a _MirrorFailure.
+    """
+    try:
+        with _open_source(mirror, name + ".gz", timeout) as (stream, size):
+            _install_verified(stream, size, target / name, md5, progress)
+    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
+        raise _MirrorFailure(f"timed out after {timeout} s") from None
+    except (requests.ConnectionError, urllib3.exceptions.HTTPError) as error:
+        raise _MirrorFailure(f"connection error: {_brief(error)}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise _MirrorFailure(f"bad gzip data: {error}") from None
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise _MirrorFailure(f"missing local file {error.filename}",
+                             permanent=True) from None
+
+
+@contextmanager
+def _open_source(mirror, filename, timeout):
+    """Yield (binary stream of MIRROR/FILENAME, its size in bytes or None)."""
+    if mirror.startswith(("http://", "https://")):
+        url = mirror.rstrip("/") + "/" + filename
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise _MirrorFailure(
+                    f"HTTP {response.status_code} {response.reason}",
+                    permanent=400 <= response.status_code < 500)
+            size = int(response.headers.get("Content-Length", 0)) or None
+            # response.raw gives the bytes exactly as sent. (iter_content()
+            # would already unzip them if the server labelled the .gz file
+            # "Content-Encoding: gzip", and we would unzip them twice.)
+            yield response.raw, size
+    elif "://" in mirror and not mirror.startswith("file://"):
+        raise _MirrorFailure("unsupported URL, use http(s):// or file://",
+                             permanent=True)
+    else:
+        if mirror.startswith("file://"):
+            mirror = url2pathname(urlparse(mirror).path)
+        path = Path(mirror) / filename
+        with path.open("rb") as stream:
+            yield stream, path.stat().st_size
+
+
+def _install_verified(stream, size, path, md5, progress):
+    """Unzip STREAM into a temporary file; rename it to PATH if MD5 matches.
+
+    The temporary file lives next to PATH, so the final rename is atomic; its
+    name holds our process id, so two runs at once do not write to the same
+    file. It is deleted whatever happens (error, Ctrl-C) unless renamed.
+    """
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    try:
+        with part.open("wb") as out:
+            digest = _gunzip(stream, out, size, path.name, progress)
+        if digest != md5:
+            raise _MirrorFailure(f"MD5 mismatch: got {digest}, expected {md5}")
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)  # no-op once renamed
+
+
+def _gunzip(stream, out, size, name, progress):
+    """Copy the unzipped STREAM to OUT; return the MD5 of what was written."""
+    md5 = hashlib.md5()
+    # The bar counts compressed bytes, the ones that travel over the network:
+    # CallbackIOWrapper reports the length of every read() of STREAM to it.
+    with tqdm(total=size, desc=name, unit="B", unit_scale=True,
+              disable=not progress) as bar:
+        counted = CallbackIOWrapper(bar.update, stream, "read")
+        with gzip.GzipFile(fileobj=counted, mode="rb") as unzipped:
+            while chunk := unzipped.read(CHUNK_SIZE):
+                md5.update(chunk)
+                out.write(chunk)
+    return md5.hexdigest()
+
+
+def _md5_of_file(path):
+    md5 = hashlib.md5()
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            md5.update(chunk)
+    return md5.hexdigest()
+
+
+def _brief(error):
+    """The innermost cause of a network error, e.g. 'Connection refused'."""
+    while error.__context__ is not None:
+        error = error.__context__
+    return str(error) or type(error).__name__
+
+
+def _failure_message(name, failures, root):
+    command = ("python download_mnist.py"
+               " --mirror /path/to/folder/with/the/gz/files")
+    if str(root) != "data":
+        command += f" --root {shlex.quote(str(root))}"
+    lines = [f"could not download {name}.gz from any mirror:"]
+    lines += [f"  {failure}" for failure in failures or ["(no mirror to try)"]]
+    lines += ["If you have a copy of the four .gz files, install from it "
+              "with:", f"  {command}"]
+    return "\n".join(lines)
+
+
+def _say(enabled, message):
+    if enabled:
+        print(message, file=sys.stderr)
+
+
+def _print_summary(target, installed):
+    print(f"MNIST files in {target}:")
+    for path, mirror in installed:
+        origin = f"downloaded from {mirror}" if mirror else "already present"
+        size = _human_size(path.stat().st_size)
+        print(f"  {path.name:<25} {size:>9}  {origin}")
+    fetched = sum(mirror is not None for _, mirror in installed)
+    if fetched == 0:
+        print("Nothing downloaded: every file was already present "
+              "with the right MD5.")
+    else:
+        print(f"Downloaded {fetched} of {len(installed)} files, "
+              "all MD5s verified.")
+
+
+def _human_size(n_bytes):
+    """47040016 -> '47.0 MB' (powers of 1000, like the progress bars)."""
+    if n_bytes < 1000:
+        return f"{n_bytes} B"
+    for unit in ("KB", "MB", "GB"):
+        n_bytes /= 1000
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.1f} {unit}"
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+def load_mnist(root="data", split="train"):
+    """Return (images, labels) of the "train" or "test" split.
+
+    images: torch.uint8 tensor [N, 28, 28], from 0 (background) to 255 (ink).
+    labels: torch.int64 tensor [N], digits 0-9.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+    folder = _raw_folder(root)
+    image_path = folder / f"{SPLITS[split]}-images-idx3-ubyte"
+    label_path = folder / f"{SPLITS[split]}-labels-idx1-ubyte"
+    for path in (image_path, label_path):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found; fetch MNIST with: "
+                f"python download_mnist.py --root {shlex.quote(str(root))}")
+
+    images = _read_idx(image_path, IMAGE_MAGIC)
+    labels = _read_idx(label_path, LABEL_MAGIC)
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"{image_path}: images are "
+                         f"{tuple(images.shape[1:])}, expected "
+                         f"{IMAGE_SIZE}x{IMAGE_SIZE}")
+    if len(images) != len(labels):
+        raise ValueError(f"{folder}: {len(images)} images but "
+                         f"{len(labels)} labels")
+    return images, labels.long()
+
+
+def _read_idx(path, magic):
+    """Parse an idx file of unsigned bytes into a uint8 tensor.
+
+    MAGIC is the expected magic number; its last byte is the number of
+    dimensions (see the module docstring for the format).
+    """
+    data = path.read_bytes()
+    n_dims = magic & 0xFF
+    header_size = 4 + 4 * n_dims
+    if len(data) < header_size:
+        raise ValueError(f"{path}: file too short for an idx header")
+    found_magic, *dims = struct.unpack(f">{1 + n_dims}I", data[:header_size])
+    if found_magic != magic:
+        raise ValueError(f"{path}: magic number {found_magic}, "
+                         f"expected {magic}")
+    expected_size = header_size + math.prod(dims)
+    if len(data) != expected_size:
+        raise ValueError(f"{path}: {len(data)} bytes, but the header {dims} "
+                         f"announces {expected_size}")
+    # bytearray: a writable copy, which torch.frombuffer can share safely.
+    values = torch.frombuffer(bytearray(data), dtype=torch.uint8,
+                              offset=header_size)
+    return values.reshape(dims)
+
+
+def _raw_folder(root):
+    return Path(root) / "MNIST" / "raw"
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Download the four MNIST files, check their MD5s and "
+                    "unzip them into ROOT/MNIST/raw/. Files already present "
+                    "with the right MD5 are skipped.")
+    parser.add_argument(
+        "--root", default="data",
+        help="folder to install into; the files go to ROOT/MNIST/raw/ "
+             "(default: data)")
+    parser.add_argument(
+        "--mirror", action="append", default=[], metavar="URL_OR_DIR",
+        help="extra source of the .gz files, tried before the built-in "
+             "mirrors: an http(s):// URL, a file:// URL or a local folder; "
+             "repeat to add several")
+    parser.add_argument(
+        "--no-default-mirrors", action="store_true",
+        help="only try the --mirror sources, never the built-in internet "
+             "mirrors")
+    parser.add_argument(
+        "--timeout", type=float, default=30, metavar="SECONDS",
+        help="give up on a mirror that does not connect or send data for this "
+             "long (default: 30)")
+    parser.add_argument(
+        "--retries", type=int, default=1,
+        help="extra attempts per mirror after a failure that may be "
+             "temporary (default: 1)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None, files=None):
+    """Command-line entry point; returns the exit status.
+
+    0: installed, 1: no mirror delivered a file, 130: interrupted (Ctrl-C).
+
+    files overrides ``FILES`` (name -> MD5), e.g. for tests with small files.
+    """
+    args = _parse_args(argv)
+    try:
+        download_mnist(args.root, args.mirror, files=files,
+                       timeout=args.timeout, retries=args.retries,
+                       default_mirrors=not args.no_default_mirrors)
+    except MnistDownloadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; no partial file was kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""Step 11: train RealNVP on MNIST by minimising the negative mean log-likelihood.
+
+    python main.py                         # train with the defaults, data fetched when missing
+    python main.py --time-budget 600       # stop training after 10 minutes, then evaluate
+    python main.py --eval runs/mnist/best.pt
+    python main.py --sample runs/mnist/best.pt --n 64 --temperature 0.7
+
+From pixels to a density the flow can model, and back to bits per dimension
+(D = 28*28 pixels with 8-bit values k in {0..255}):
+
+  1. dequantize:  v = (k + u) / 256,  u ~ U(0, 1)^D        (fresh noise every time)
+  2. squash:      s = a + (1 - 2a) v,  y = logit(s) = log s - log(1 - s)
+  3. the flow models y; the change of variables gives the density of v:
+         log p(v) = log p_flow(y) + sum_i [log(1 - 2a) - log s_i - log(1 - s_i)]
+  4. bits/dim = -log p(v) / (D ln 2) + 8, averaged over the test split;
+     the +8 turns the density of v on [0, 1)^D into the probability of the 8-bit image
+     (each of the 256^D bins has volume 256^-D), so a uniform density scores exactly 8.
+
+The training loss is -mean(log p(v)) over a batch, which is the tutorial's
+"negative mean log-probability" plus a constant, reported in bits/dim.
+
+Each epoch writes into --out: samples_EPOCH.png, one line of metrics.jsonl, latest.pt and
+(when the validation bits/dim improve) best.pt. A checkpoint holds the model's arguments,
+the optimizer, the epoch and the random state, so --resume, --eval and --sample rebuild
+everything from the file alone. Checkpoints are written atomically (a temporary file
+renamed into place), so a crash at any moment leaves the previous one loadable.
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from download_mnist import MnistDownloadError, ensure_mnist, load_mnist
+from layers import data_dependent_init
+from nice import NICE
+from realnvp import RealNVP
+
+IMAGE_SHAPE = (1, 28, 28)
+D = 28 * 28
+MODELS = {"realnvp": RealNVP, "nice": NICE}
+EVAL_NOISE_SEED = 1234  # dequantization noise for evaluation: the same figure every time
+EVAL_BATCH = 1000
+INIT_BATCH = 1000  # images that set the ActNorm layers before training
+VALIDATION_SIZE = 5000  # the last training images (at most a tenth), held out to choose the best checkpoint
+LOG_INTERVAL = 20  # steps between progress-bar updates
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run gives up
+CHECKPOINT_FORMAT = "flows-tutorial-checkpoint-v1"
+
+
+class UsageError(Exception):
+    """A bad flag or checkpoint: reported in one line, exit status 2."""
+
+
+class TrainingDiverged(Exception):
+    """The loss stayed non-finite: reported in one line, exit status 1."""
+
+
+# --------------------------------------------------------------------------- the math
+
+
+def dequantize_and_logit(images, alpha, generator=None):
+    """uint8 images [B, 1, 28, 28] -> (y, log|det dy/dv|) with y = logit(a + (1 - 2a) v).
+
+    v = (k + u) / 256 is the dequantized image; the returned log-det [B] is
+    sum_i [log(1 - 2a) - log s_i - log(1 - s_i)], so log p(v) = log p_flow(y) + log-det.
+    """
+    noise = torch.rand(images.shape, device=images.device, generator=generator)
+    v = (images.float() + noise) / 256
+    s = alpha + (1 - 2 * alpha) * v
+    log_s, log_one_minus_s = torch.log(s), torch.log1p(-s)
+    logdet = (math.log(1 - 2 * alpha) - log_s - log_one_minus_s).flatten(1).sum(1)
+    return log_s - log_one_minus_s, logdet
+
+
+def logit_to_pixels(y, alpha):
+    """The inverse of the squash: y -> v in [0, 1], for pictures."""
+    return ((torch.sigmoid(y) - alpha) / (1 - 2 * alpha)).clamp(0, 1)
+
+
+def log_density(model, images, alpha, generator=None):
+    """log p(v) of dequantized images [B] under the model (step 3 above)."""
+    y, logdet = dequantize_and_logit(images, alpha, generator)
+    return model.logProbability(y) + logdet
+
+
+def bits_per_dim(log_p_v):
+    """bits/dim of an 8-bit image from the log-density of its dequantized version (step 4)."""
+    return -log_p_v / (D * math.log(2)) + 8
+
+
+@torch.inference_mode()
+def evaluate(model, images, alpha, device):
+    """Mean bits/dim over `images` (uint8 [N, 1, 28, 28]), with a fixed noise seed."""
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED)
+    total = 0.0
+    for start in range(0, len(images), EVAL_BATCH):
+        batch = images[start : start + EVAL_BATCH].to(device)
+        total += bits_per_dim(log_density(model, batch, alpha, generator)).double().sum().item()
+    model.train()
+    return total / len(images)
+
+
+@torch.inference_mode()
+def save_samples(model, path, alpha, n=64, temperature=1.0):
+    model.eval()
+    y = model.sample(n, temperature=temperature)
+    model.train()
+    save_image(logit_to_pixels(y.float(), alpha), path, nrow=int(math.sqrt(n)) or 1)
+
+
+# --------------------------------------------------------------------------- model and checkpoints
+
+
+def build_model(model_args):
+    """The flow from its arguments (as stored in every checkpoint)."""
+    sizes = {"blocks": model_args["couplings"], "hidden": model_args["hidden"], "depth": model_args["depth"]}
+    if model_args["model"] == "realnvp":
+        return RealNVP.build(model_args["shape"], actnorm=model_args["actnorm"], **sizes)
+    return NICE.build(model_args["shape"], **sizes)
+
+
+def save_checkpoint(path, state):
+    """torch.save to a temporary file in the same folder, then rename: never half-written."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UsageError(f"{path} is not a readable checkpoint ({type(error).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a checkpoint written by this main.py")
+    return state
+
+
+def model_from_checkpoint(state, device):
+    model = build_model(state["model_args"]).to(device)
+    model.load_state_dict(state["model"])
+    return model
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train a normalizing flow (RealNVP or NICE) on MNIST and report test bits/dim.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=sorted(MODELS), default="realnvp", help="which flow to train")
+    model.add_argument("--couplings", type=int, default=4, help="number of blocks F = f0 o f1 (two couplings each)")
+    model.add_argument("--hidden", type=int, default=1024, help="hidden units of each coupling MLP")
+    model.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP")
+    model.add_argument("--actnorm", action=argparse.BooleanOptionalAction, default=True,
+                       help="RealNVP: an ActNorm layer before each block, initialised from data")
+    model.add_argument("--alpha", type=float, default=0.05, help="logit squash: s = a + (1 - 2a) v")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=int, default=20, help="passes over the training images")
+    training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                          help="stop training after this wall time, then evaluate and save as at an epoch's end")
+    training.add_argument("--batch-size", type=int, default=256, help="images per gradient step")
+    training.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (cosine decay to 0)")
+    training.add_argument("--seed", type=int, default=0, help="random seed")
+    training.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                          help="auto picks cuda, then mps, then cpu")
+
+    files = parser.add_argument_group("files")
+    files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
+    files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
+                       help="extra MNIST mirror tried first (repeatable), e.g. a local folder with the .gz files")
+    files.add_argument("--out", default="runs/mnist", help="output folder: checkpoints, metrics.jsonl, sample grids")
+    files.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt")
+
+    other = parser.add_argument_group("evaluate or sample a checkpoint instead of training")
+    other.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
+    other.add_argument("--sample", metavar="CKPT", help="write a grid of samples from a checkpoint into OUT")
+    other.add_argument("--n", type=int, default=64, help="number of samples for --sample")
+    other.add_argument("--temperature", type=float, default=1.0, help="prior standard deviation for --sample")
+
+    args = parser.parse_args(argv)
+    positive = {"--couplings": args.couplings, "--hidden": args.hidden, "--depth": args.depth,
+                "--batch-size": args.batch_size, "--n": args.n}
+    for flag, value in positive.items():
+        if value <= 0:
+            parser.error(f"{flag} must be positive, got {value}")
+    if args.epochs < 0:
+        parser.error(f"--epochs must be zero or more, got {args.epochs}")
+    if args.time_budget is not None and args.time_budget <= 0:
+        parser.error(f"--time-budget must be positive, got {args.time_budget}")
+    if not 0 < args.alpha < 0.5:
+        parser.error(f"--alpha must lie in (0, 0.5), got {args.alpha}")
+    if not args.lr > 0 or args.temperature <= 0:
+        parser.error("--lr and --temperature must be positive")
+    if args.eval and args.sample:
+        parser.error("--eval and --sample are separate jobs: give one")
+    return args
+
+
+def pick_device(name):
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
+    if name == "auto":
+        name = next((device for device, ok in available.items() if ok), "cpu")
+    elif name != "cpu" and not available[name]:
+        raise UsageError(f"--device {name} was asked for, but this machine has no {name} device")
+    return torch.device(name)
+
+
+def get_data(args, split):
+    """uint8 images [N, 1, 28, 28] of a split, downloading MNIST first when it is missing."""
+    try:
+        ensure_mnist(args.data, mirrors=args.mirror)
+    except MnistDownloadError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(1)
+    images, _ = load_mnist(args.data, split)
+    return images.unsqueeze(1)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def learning_rate(args, progress):
+    """Cosine decay from --lr to 0 as progress goes from 0 to 1, after a short linear warm-up."""
+    warmup = 0.02
+    if progress < warmup:
+        return args.lr * progress / warmup
+    return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+
+
+def train(args, device):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_train = get_data(args, "train")
+    valid_size = min(VALIDATION_SIZE, len(all_train) // 10)
+    train_images, valid_images = all_train[:-valid_size], all_train[-valid_size:]
+    test_images = get_data(args, "test")
+    train_images = train_images.to(device)  # uint8 on the device, dequantized per batch
+
+    torch.manual_seed(args.seed)
+    model_args = {"model": args.model, "shape": list(IMAGE_SHAPE), "couplings": args.couplings,
+                  "hidden": args.hidden, "depth": args.depth, "alpha": args.alpha,
+                  "actnorm": args.actnorm and args.model == "realnvp"}
+    model = build_model(model_args).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    shuffle = torch.Generator().manual_seed(args.seed)
+    start_epoch, best_valid, elapsed_before = 0, math.inf, 0.0
+
+    if args.resume:
+        state = load_checkpoint(out / "latest.pt")
+        if state["model_args"] != model_args:
+            raise UsageError(f"{out / 'latest.pt'} holds a different model: {state['model_args']}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        shuffle.set_state(state["shuffle_rng"])
+        start_epoch, best_valid, elapsed_before = state["epoch"], state["best_valid_bpd"], state["train_seconds"]
+        print(f"resuming from {out / 'latest.pt'} after epoch {start_epoch}")
+    else:
+        init_batch = train_images[torch.randperm(len(train_images), generator=shuffle)[:INIT_BATCH].to(device)]
+        data_dependent_init(model, dequantize_and_logit(init_batch, args.alpha)[0])
+
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"{args.model}: {args.couplings} blocks, hidden {args.hidden} x {args.depth}, "
+          f"{parameters / 1e6:.1f}M parameters, on {device}; {len(train_images)} training images")
+
+    steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    started = time.monotonic()
+
+    def checkpoint(epoch, train_seconds):
+        return {"format": CHECKPOINT_FORMAT, "model_args": model_args, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "config": vars(args),
+                "rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
+                "best_valid_bpd": best_valid, "train_seconds": train_seconds}
+
+    def out_of_time():
+        return args.time_budget is not None and time.monotonic() - started >= args.time_budget
+
+    def progress(step):
+        by_steps = step / max(total_steps, 1)
+        if args.time_budget is None:
+            return by_steps
+        return max(by_steps, (time.monotonic() - started) / args.time_budget)
+
+    epoch, test_bpd = start_epoch, None
+    bad_steps = 0
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            epoch_started = time.monotonic()
+            order = torch.randperm(len(train_images), generator=shuffle).to(device)
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
+                       unit="step", dynamic_ncols=True, mininterval=1.0)
+            bpd_sum, bpd_count, seen = 0.0, 0, 0
+            recent_bpd = []  # for the progress bar: the mean over the last log interval
+            for step_in_epoch in bar:
+                step = epoch * steps_per_epoch + step_in_epoch
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(args, progress(step))
+                batch = train_images[order[step_in_epoch * args.batch_size : (step_in_epoch + 1) * args.batch_size]]
+                loss = -log_density(model, batch, args.alpha).mean()
+                if not torch.isfinite(loss):
+                    # A non-finite loss never reaches the weights.
+                    bad_steps += 1
+                    if bad_steps >= MAX_BAD_STEPS:
+                        raise TrainingDiverged(f"{bad_steps} non-finite losses in a row; lower --lr and try again")
+                    continue
+                bad_steps = 0
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=100.0)
+                optimizer.step()
+                seen += len(batch)
+                step_bpd = loss.item() / (D * math.log(2)) + 8
+                bpd_sum, bpd_count = bpd_sum + step_bpd, bpd_count + 1
+                recent_bpd.append(step_bpd)
+                if len(recent_bpd) == LOG_INTERVAL:
+                    rate = seen / (time.monotonic() - epoch_started)
+                    bar.set_postfix(bpd=f"{sum(recent_bpd) / len(recent_bpd):.3f}", img_s=f"{rate:.0f}")
+                    recent_bpd = []
+                if out_of_time():
+                    break
+            bar.close()
+            epoch_seconds = time.monotonic() - epoch_started
+            valid_bpd = evaluate(model, valid_images, args.alpha, device)
+            test_bpd = evaluate(model, test_images, args.alpha, device)
+            train_seconds = elapsed_before + time.monotonic() - started
+            metrics = {"epoch": epoch + 1, "train_bpd": round(bpd_sum / max(bpd_count, 1), 5),
+                       "valid_bpd": round(valid_bpd, 5), "test_bpd": round(test_bpd, 5),
+                       "seconds": round(epoch_seconds, 2), "samples_per_s": round(seen / epoch_seconds, 1)}
+            with open(out / "metrics.jsonl", "a") as file:
+                file.write(json.dumps(metrics) + "\n")
+            save_samples(model, out / f"samples_{epoch + 1:03d}.png", args.alpha, temperature=0.7)
+            if valid_bpd < best_valid:
+                best_valid = valid_bpd
+                save_checkpoint(out / "best.pt", checkpoint(epoch + 1, train_seconds))
+            save_checkpoint(out / "latest.pt", checkpoint(epoch + 1, train_seconds))
+            tqdm.write(f"epoch {epoch + 1}: train {metrics['train_bpd']:.4f}  valid {valid_bpd:.4f}  "
+                       f"test {test_bpd:.4f} bits/dim  ({epoch_seconds:.0f} s, {metrics['samples_per_s']:.0f} img/s)")
+            if out_of_time():
+                print(f"time budget of {args.time_budget:.0f} s reached")
+                break
+    except KeyboardInterrupt:
+        # Keep the weights trained so far; the interrupted epoch counts as not done.
+        save_checkpoint(out / "latest.pt", checkpoint(epoch, elapsed_before + time.monotonic() - started))
+        print(f"\ninterrupted: saved {out / 'latest.pt'} (resume with --resume)")
+        raise SystemExit(130)
+
+    if test_bpd is None:
+        test_bpd = evaluate(model, test_images, args.alpha, device)
+    print(f"final test bits/dim: {test_bpd:.4f}")
+    return test_bpd
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a polite kill saves like Ctrl-C
+    try:
+        device = pick_device(args.device)
+        if args.eval:
+            state = load_checkpoint(args.eval)
+            model = model_from_checkpoint(state, device)
+            test_bpd = evaluate(model, get_data(args, "test"), state["model_args"]["alpha"], device)
+            print(f"test bits/dim: {test_bpd:.4f}")
+        elif args.sample:
+            state = load_checkpoint(args.sample)
+            model = model_from_checkpoint(state, device)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            path = Path(args.out) / f"samples_t{args.temperature:g}.png"
+            save_samples(model, path, state["model_args"]["alpha"], n=args.n, temperature=args.temperature)
+            print(f"wrote {args.n} samples at temperature {args.temperature:g} to {path}")
+        else:
+            torch.manual_seed(args.seed)
+            train(args, device)
+    except UsageError as error:
+        print(f"main.py: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"main.py: training stopped: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

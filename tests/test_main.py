@@ -1,0 +1,248 @@
+"""main.py end to end on a tiny synthetic MNIST, and the bits/dim formula against references."""
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+import main
+from fake_mnist import write_fake_mnist_raw
+from realnvp import RealNVP
+
+TINY_MODEL = ["--couplings", "1", "--hidden", "16", "--depth", "1", "--batch-size", "50", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_fake_mnist_raw(root, n_train=300, n_test=100, seed=0)
+    return root
+
+
+def run(data_root, out, *flags):
+    return main.main(["--data", str(data_root), "--out", str(out), *TINY_MODEL, *flags])
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def last_line(capsys):
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- bits/dim
+
+
+def test_uniform_density_scores_exactly_eight_bits():
+    """If v is uniform on [0,1)^D, p(v) = 1 and bits/dim must be 8 whatever the data."""
+
+    class UniformInLogitSpace:
+        # Density of y = logit(a + (1 - 2a) v) for uniform v: dv/dy = sigmoid(y) sigmoid(-y) / (1 - 2a).
+        def __init__(self, alpha):
+            self.alpha = alpha
+
+        def logProbability(self, y):
+            log_dv_dy = torch.nn.functional.logsigmoid(y) + torch.nn.functional.logsigmoid(-y)
+            return (log_dv_dy - math.log(1 - 2 * self.alpha)).flatten(1).sum(1)
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    for alpha in (1e-6, 0.05):
+        bpd = main.bits_per_dim(main.log_density(UniformInLogitSpace(alpha), images, alpha))
+        assert torch.allclose(bpd, torch.full_like(bpd, 8.0), atol=1e-4), bpd
+
+
+def test_log_density_matches_torch_distributions():
+    """A flow that is the identity with a Gaussian prior: log p(v) against a TransformedDistribution."""
+    alpha = 0.05
+    flow = RealNVP.build([1, 28, 28], blocks=1, hidden=8)  # starts as the identity
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(3)
+    ours = main.log_density(flow, images, alpha, generator)
+
+    # v = (sigmoid(y) - a) / (1 - 2a) with y ~ N(0, 1), written with torch.distributions.
+    v_distribution = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(torch.zeros(784, dtype=torch.float64), 1.0),
+        [torch.distributions.SigmoidTransform(),
+         torch.distributions.AffineTransform(-alpha / (1 - 2 * alpha), 1 / (1 - 2 * alpha))],
+    )
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(3))
+    v = ((images.double() + noise.double()) / 256).flatten(1)
+    reference = v_distribution.log_prob(v).sum(1)
+    assert torch.allclose(ours.double(), reference, rtol=1e-4, atol=0.05), (ours, reference)
+
+
+def test_bits_per_dim_of_a_known_log_density():
+    # log p(v) = -D ln 2 means one bit per dimension for v, so 1 + 8 bits for the 8-bit image.
+    assert main.bits_per_dim(torch.tensor([-784 * math.log(2)])).item() == pytest.approx(9.0)
+
+
+def test_logit_to_pixels_inverts_the_squash():
+    v = torch.rand(100, dtype=torch.float64)
+    s = 0.05 + 0.9 * v
+    assert torch.allclose(main.logit_to_pixels(torch.log(s / (1 - s)), 0.05), v, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_train_writes_checkpoints_metrics_and_samples(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "2") == 0
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(metrics[0]) >= {"epoch", "train_bpd", "test_bpd", "seconds", "samples_per_s"}
+    assert all(0 < m["test_bpd"] < 16 and m["samples_per_s"] > 0 for m in metrics)
+    assert last_line(capsys) == f"final test bits/dim: {metrics[-1]['test_bpd']:.4f}"
+    image = torch.frombuffer(bytearray(Image.open(out / "samples_002.png").convert("L").tobytes()), dtype=torch.uint8).float()
+    assert image.numel() > 28 * 28 and image.std() > 0
+    for name in ("latest.pt", "best.pt"):
+        state = main.load_checkpoint(out / name)
+        assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert main.load_checkpoint(out / "latest.pt")["epoch"] == 2
+    assert not list(out.glob("*.tmp"))
+
+
+def test_training_lowers_the_test_bits_per_dim(data_root, tmp_path):
+    out = tmp_path / "run"
+    # Without ActNorm the flow starts as the identity and has everything to learn.
+    assert run(data_root, out, "--epochs", "6", "--lr", "3e-3", "--no-actnorm") == 0
+    metrics = read_metrics(out)
+    assert metrics[-1]["test_bpd"] < metrics[0]["test_bpd"] - 0.05, metrics
+
+
+def test_eval_reproduces_the_logged_test_bits_per_dim(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "1") == 0
+    logged = read_metrics(out)[-1]["test_bpd"]
+    capsys.readouterr()
+    assert main.main(["--data", str(data_root), "--eval", str(out / "latest.pt"), "--device", "cpu"]) == 0
+    assert last_line(capsys) == f"test bits/dim: {logged:.4f}"
+
+
+def test_resume_continues_the_epoch_count(data_root, tmp_path):
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "1") == 0
+    assert run(data_root, out, "--epochs", "3", "--resume") == 0
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3]
+    assert main.load_checkpoint(out / "latest.pt")["epoch"] == 3
+
+
+def test_same_seed_gives_identical_metrics(data_root, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run(data_root, first, "--epochs", "2", "--seed", "7") == 0
+    assert run(data_root, second, "--epochs", "2", "--seed", "7") == 0
+    drop_timing = lambda rows: [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in rows]
+    assert drop_timing(read_metrics(first)) == drop_timing(read_metrics(second))
+
+
+def test_nice_trains_through_the_same_script(data_root, tmp_path, capsys):
+    out = tmp_path / "nice"
+    assert run(data_root, out, "--epochs", "1", "--model", "nice") == 0
+    assert main.load_checkpoint(out / "latest.pt")["model_args"]["model"] == "nice"
+    assert last_line(capsys).startswith("final test bits/dim: ")
+
+
+def test_sample_writes_a_grid(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "1") == 0
+    assert main.main(["--sample", str(out / "best.pt"), "--n", "16", "--temperature", "0.5",
+                      "--out", str(tmp_path / "pictures"), "--device", "cpu"]) == 0
+    image = Image.open(tmp_path / "pictures" / "samples_t0.5.png")
+    assert image.size == (2 + 4 * 30, 2 + 4 * 30)  # a 4 x 4 grid of 28-pixel images, 2-pixel padding
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_non_finite_losses_never_reach_the_weights(data_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_log_density = main.log_density
+
+    def sometimes_nan(model, images, alpha, generator=None):
+        result = real_log_density(model, images, alpha, generator)
+        calls["n"] += 1
+        return result * math.nan if model.training and calls["n"] % 2 == 0 else result
+
+    monkeypatch.setattr(main, "log_density", sometimes_nan)
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "2") == 0
+    state = main.load_checkpoint(out / "latest.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert all(math.isfinite(m["test_bpd"]) for m in read_metrics(out))
+
+
+def test_a_run_that_keeps_diverging_stops_with_a_message(data_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(main, "log_density", lambda model, images, alpha, generator=None:
+                        torch.full((len(images),), math.nan))
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "30") == 1
+    assert "non-finite losses in a row" in capsys.readouterr().err
+    # Epochs that ended before the run gave up saved weights that no optimizer step touched.
+    state = main.load_checkpoint(out / "latest.pt")
+    assert state["optimizer"]["state"] == {}
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_ctrl_c_saves_a_loadable_checkpoint(data_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_log_density = main.log_density
+
+    def interrupt_on_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_log_density(*args, **kwargs)
+
+    monkeypatch.setattr(main, "log_density", interrupt_on_third_step)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run(data_root, out, "--epochs", "2")
+    assert exit_info.value.code == 130
+    state = main.load_checkpoint(out / "latest.pt")
+    assert state["epoch"] == 0 and "optimizer" in state
+    monkeypatch.setattr(main, "log_density", real_log_density)
+    assert run(data_root, out, "--epochs", "1", "--resume") == 0
+    assert main.load_checkpoint(out / "latest.pt")["epoch"] == 1
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    main.save_checkpoint(path, {"format": main.CHECKPOINT_FORMAT, "epoch": 1})
+
+    def crash(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        main.save_checkpoint(path, {"format": main.CHECKPOINT_FORMAT, "epoch": 2})
+    monkeypatch.undo()
+    assert main.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "-1"], "--epochs must be zero or more"),
+    (["--device", "tpu"], "invalid choice"),
+    (["--hidden", "0"], "--hidden must be positive"),
+])
+def test_bad_flags_exit_with_status_2(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_and_foreign_checkpoints(tmp_path, capsys):
+    assert main.main(["--eval", str(tmp_path / "missing.pt")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    assert main.main(["--eval", str(tmp_path / "foreign.pt")]) == 2
+    assert "not a checkpoint written by this main.py" in capsys.readouterr().err
+    (tmp_path / "text.pt").write_text("hello")
+    assert main.main(["--sample", str(tmp_path / "text.pt")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
