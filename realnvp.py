@@ -26,7 +26,7 @@ so each coupling starts as the identity.
 import torch
 from torch import nn
 
-from flow import Coupling, CouplingFlow, check_even, coupling_mlp, zero_last_layer
+from flow import Coupling, CouplingFlow, Permutation, check_even, coupling_mlp, zero_last_layer
 from layers import ActNorm
 from prior import Gaussian
 
@@ -64,9 +64,10 @@ class RealNVP(CouplingFlow):
     v, u, sv, su.
     actnorm: put an ActNorm (layers.py) before each block; call
     `layers.data_dependent_init` with a batch of data before training.
+    shuffle: reorder the features by a fixed random permutation between blocks (logdet 0).
     """
 
-    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False):
+    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False, shuffle=False):
         check_even(prior.dim, "RealNVP")
         counts = {len(vNets), len(uNets), len(svNets), len(suNets)}
         if len(counts) != 1:
@@ -76,7 +77,9 @@ class RealNVP(CouplingFlow):
             )
         n = prior.dim
         couplings = []
-        for v, u, sv, su in zip(vNets, uNets, svNets, suNets):
+        for index, (v, u, sv, su) in enumerate(zip(vNets, uNets, svNets, suNets)):
+            if shuffle and index > 0:  # a fixed random order, so that each block splits the features anew
+                couplings.append(Permutation(torch.randperm(n, generator=torch.Generator().manual_seed(index))))
             if actnorm:  # a per-feature affine map before each block, set from data (layers.py)
                 couplings.append(ActNorm(n))
             # F = f0 o f1: data to latent applies f1 (transforms y) first, then f0 (x).
@@ -84,11 +87,11 @@ class RealNVP(CouplingFlow):
         super().__init__(prior, couplings)
 
     @classmethod
-    def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False):
+    def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False, shuffle=False):
         """RealNVP over data of `shape` with MLP couplings n/2 -> hidden (x depth) -> n/2."""
         prior = Gaussian(shape)
         nets = lambda: [coupling_mlp(prior.dim // 2, hidden, depth) for _ in range(blocks)]
-        return cls(prior, nets(), nets(), nets(), nets(), actnorm=actnorm)
+        return cls(prior, nets(), nets(), nets(), nets(), actnorm=actnorm, shuffle=shuffle)
 
 
 if __name__ == "__main__":

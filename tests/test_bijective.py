@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from flow import Permutation, checkerboard_order, coupling_mlp
+from layers import ActNorm
 from nice import NICE, AdditiveCoupling, DiagonalScaling
 from realnvp import RealNVP, AffineCoupling
 
@@ -26,6 +27,9 @@ BIJECTIVES = [
     pytest.param(lambda: RealNVP.build([10], blocks=2, hidden=16), [10], id="realnvp-flat-10"),
     pytest.param(lambda: RealNVP.build([16], blocks=3, hidden=16, depth=1), [16], id="realnvp-flat-16"),
     pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16), [1, 4, 4], id="realnvp-image-1x4x4"),
+    pytest.param(lambda: ActNorm(6), [6], id="actnorm"),
+    pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16, actnorm=True, shuffle=True), [1, 4, 4],
+                 id="realnvp-actnorm-shuffle"),
 ]
 
 

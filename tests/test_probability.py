@@ -1,7 +1,10 @@
 """The prior against torch.distributions, and flows as normalised densities."""
+import math
+
 import pytest
 import torch
 
+from layers import data_dependent_init
 from nice import NICE
 from prior import Gaussian
 from realnvp import RealNVP
@@ -85,3 +88,15 @@ def test_double_precision_follows_the_module():
     flow = RealNVP.build([6], blocks=1, hidden=8).double()
     assert flow.sample(3).dtype == torch.float64
     assert flow.logProbability(torch.randn(3, 6, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_data_dependent_init_standardises_each_feature():
+    torch.manual_seed(0)
+    flow = RealNVP.build([6], blocks=2, hidden=8, actnorm=True)
+    x = 0.1 * torch.randn(4000, 6) + torch.arange(6.0)  # features with other means and scales
+    assert data_dependent_init(flow, x) == 2
+    first_actnorm = flow.layers[0]
+    z, logdet = first_actnorm(x)
+    assert torch.allclose(z.mean(0), torch.zeros(6), atol=1e-4)
+    assert torch.allclose(z.std(0), torch.ones(6), atol=1e-3)
+    assert torch.allclose(logdet, torch.full((4000,), 6 * math.log(10.0)), rtol=0.02)
