@@ -173,17 +173,17 @@ def parse_args(argv=None):
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=sorted(MODELS), default="realnvp", help="which flow to train")
-    model.add_argument("--couplings", type=int, default=4, help="number of blocks F = f0 o f1 (two couplings each)")
-    model.add_argument("--hidden", type=int, default=1024, help="hidden units of each coupling MLP")
+    model.add_argument("--couplings", type=int, default=8, help="number of blocks F = f0 o f1 (two couplings each)")
+    model.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP")
     model.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP")
     model.add_argument("--actnorm", action=argparse.BooleanOptionalAction, default=True,
                        help="RealNVP: an ActNorm layer before each block, initialised from data")
     model.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
                        help="RealNVP: a fixed random permutation of the pixels between blocks")
-    model.add_argument("--alpha", type=float, default=0.05, help="logit squash: s = a + (1 - 2a) v")
+    model.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=20, help="passes over the training images")
+    training.add_argument("--epochs", type=int, default=24, help="passes over the training images")
     training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                           help="stop training after this wall time, then evaluate and save as at an epoch's end")
     training.add_argument("--batch-size", type=int, default=256, help="images per gradient step")
@@ -272,6 +272,39 @@ def learning_rate(args, progress):
     return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
+def make_optimizer(model, lr):
+    """Adam; its fused kernel (one pass over the weights) where the device has one."""
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
+
+
+def make_training_step(model, optimizer, alpha, low_precision=None):
+    """A function batch -> loss that does one step of gradient descent on -mean log p(v).
+
+    The coupling nets run in `low_precision` (autocast) when it is given. A non-finite
+    loss never reaches the weights: the step is skipped and None returned.
+    """
+    device_type = next(model.parameters()).device.type
+    autocast = torch.autocast(device_type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
+    # float16 needs its gradients scaled so that they do not underflow; bfloat16 does not.
+    scaler = torch.amp.GradScaler(device_type, enabled=low_precision == torch.float16)
+
+    def step(batch):
+        with autocast:
+            loss = -log_density(model, batch, alpha).mean()
+        if not torch.isfinite(loss):
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=100.0)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
+
+    return step
+
+
 def train(args, device):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,11 +319,9 @@ def train(args, device):
                   "hidden": args.hidden, "depth": args.depth, "alpha": args.alpha,
                   "actnorm": args.actnorm and args.model == "realnvp", "shuffle": args.shuffle and args.model == "realnvp"}
     model = build_model(model_args).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = make_optimizer(model, args.lr)
     low_precision = pick_precision(args.precision, device)
-    autocast = torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
-    # float16 needs its gradients scaled so that they do not underflow; bfloat16 does not.
-    scaler = torch.amp.GradScaler(device.type, enabled=low_precision == torch.float16)
+    training_step = make_training_step(model, optimizer, args.alpha, low_precision)
     shuffle = torch.Generator().manual_seed(args.seed)
     start_epoch, best_valid, elapsed_before = 0, math.inf, 0.0
 
@@ -317,20 +348,24 @@ def train(args, device):
     total_steps = steps_per_epoch * args.epochs
     started = time.monotonic()
 
-    def checkpoint(epoch, train_seconds):
+    def checkpoint(epoch):
         return {"format": CHECKPOINT_FORMAT, "model_args": model_args, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "config": vars(args),
                 "rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
-                "best_valid_bpd": best_valid, "train_seconds": train_seconds}
+                "best_valid_bpd": best_valid, "train_seconds": train_seconds()}
+
+    def train_seconds():  # over this run and the ones it resumes
+        return elapsed_before + time.monotonic() - started
 
     def out_of_time():
-        return args.time_budget is not None and time.monotonic() - started >= args.time_budget
+        return args.time_budget is not None and train_seconds() >= args.time_budget
 
     def progress(step):
+        """How far training is, 0 to 1, by steps or by the time budget, whichever is further."""
         by_steps = step / max(total_steps, 1)
         if args.time_budget is None:
             return by_steps
-        return max(by_steps, (time.monotonic() - started) / args.time_budget)
+        return max(by_steps, train_seconds() / args.time_budget)
 
     epoch, test_bpd = start_epoch, None
     bad_steps = 0
@@ -347,21 +382,13 @@ def train(args, device):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(args, progress(step))
                 batch = train_images[order[step_in_epoch * args.batch_size : (step_in_epoch + 1) * args.batch_size]]
-                with autocast:
-                    loss = -log_density(model, batch, args.alpha).mean()
-                if not torch.isfinite(loss):
-                    # A non-finite loss never reaches the weights.
+                loss = training_step(batch)
+                if loss is None:
                     bad_steps += 1
                     if bad_steps >= MAX_BAD_STEPS:
                         raise TrainingDiverged(f"{bad_steps} non-finite losses in a row; lower --lr and try again")
                     continue
                 bad_steps = 0
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=100.0)
-                scaler.step(optimizer)
-                scaler.update()
                 seen += len(batch)
                 step_bpd = loss.item() / (D * math.log(2)) + 8
                 bpd_sum, bpd_count = bpd_sum + step_bpd, bpd_count + 1
@@ -376,17 +403,16 @@ def train(args, device):
             epoch_seconds = time.monotonic() - epoch_started
             valid_bpd = evaluate(model, valid_images, args.alpha, device)
             test_bpd = evaluate(model, test_images, args.alpha, device)
-            train_seconds = elapsed_before + time.monotonic() - started
-            metrics = {"epoch": epoch + 1, "train_bpd": round(bpd_sum / max(bpd_count, 1), 5),
-                       "valid_bpd": round(valid_bpd, 5), "test_bpd": round(test_bpd, 5),
+            metrics = {"epoch": epoch + 1, "train_bpd": bpd_sum / max(bpd_count, 1),
+                       "valid_bpd": valid_bpd, "test_bpd": test_bpd,
                        "seconds": round(epoch_seconds, 2), "samples_per_s": round(seen / epoch_seconds, 1)}
             with open(out / "metrics.jsonl", "a") as file:
                 file.write(json.dumps(metrics) + "\n")
             save_samples(model, out / f"samples_{epoch + 1:03d}.png", args.alpha, temperature=0.7)
             if valid_bpd < best_valid:
                 best_valid = valid_bpd
-                save_checkpoint(out / "best.pt", checkpoint(epoch + 1, train_seconds))
-            save_checkpoint(out / "latest.pt", checkpoint(epoch + 1, train_seconds))
+                save_checkpoint(out / "best.pt", checkpoint(epoch + 1))
+            save_checkpoint(out / "latest.pt", checkpoint(epoch + 1))
             tqdm.write(f"epoch {epoch + 1}: train {metrics['train_bpd']:.4f}  valid {valid_bpd:.4f}  "
                        f"test {test_bpd:.4f} bits/dim  ({epoch_seconds:.0f} s, {metrics['samples_per_s']:.0f} img/s)")
             if out_of_time():
@@ -394,7 +420,7 @@ def train(args, device):
                 break
     except KeyboardInterrupt:
         # Keep the weights trained so far; the interrupted epoch counts as not done.
-        save_checkpoint(out / "latest.pt", checkpoint(epoch, elapsed_before + time.monotonic() - started))
+        save_checkpoint(out / "latest.pt", checkpoint(epoch))
         print(f"\ninterrupted: saved {out / 'latest.pt'} (resume with --resume)")
         raise SystemExit(130)
 

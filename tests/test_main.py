@@ -54,9 +54,9 @@ def test_uniform_density_scores_exactly_eight_bits():
         assert torch.allclose(bpd, torch.full_like(bpd, 8.0), atol=1e-4), bpd
 
 
-def test_log_density_matches_torch_distributions():
+@pytest.mark.parametrize("alpha", [1e-6, 0.05])
+def test_log_density_matches_torch_distributions(alpha):
     """A flow that is the identity with a Gaussian prior: log p(v) against a TransformedDistribution."""
-    alpha = 0.05
     flow = RealNVP.build([1, 28, 28], blocks=1, hidden=8)  # starts as the identity
     torch.manual_seed(0)
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
