@@ -156,14 +156,29 @@ class Permutation(Flow):
         return z[:, self.inverse_order], z.new_zeros(z.shape[0])
 
 
+class DiagonalScaling(Flow):
+    """z = exp(s) * h with a learned vector s: Jacobian diag(exp(s)), logdet = sum(s)."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(features))
+
+    def forward(self, x):
+        return x * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, z):
+        return z * (-self.log_scale).exp(), -self.log_scale.sum().expand(z.shape[0])
+
+
 class CouplingFlow(Composite):
     """Couplings over a data shape, with the prior: the common frame of NICE and RealNVP.
 
     Inputs of shape [batch, *shape] are flattened to [batch, n]. For images ([C, H, W]),
     a fixed permutation puts the "white" squares of a checkerboard first and the "black"
     ones second, so that each coupling transforms half the pixels given their
-    neighbours, and a second permutation puts the pixels back at the end: z has the
-    shape of x, and the permutations cost no log-det.
+    neighbours, and its inverse permutation comes last (which puts the pixels back in
+    place unless the layers in between reorder them too). z has the shape of x, and
+    permutations cost no log-det.
     """
 
     def __init__(self, prior, couplings):

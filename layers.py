@@ -7,13 +7,14 @@ affine map whose parameters are set from the data once, before training:
 
 `data_dependent_init(flow, x)` runs one batch through the flow and sets each ActNorm so
 that its output has zero mean and unit variance per feature on that batch. On MNIST this
-matters: a background pixel's dequantized logit varies by about 0.02, so the flow must
-scale it up some fifty times, which bounded couplings only learn slowly.
+matters: the logits of background pixels and of stroke pixels have very different
+means and spreads, and couplings that start as the identity, with bounded log-scales,
+take many steps to learn per-pixel scales that ActNorm gets from one batch.
 """
 import torch
 from torch import nn
 
-from nice import DiagonalScaling
+from flow import DiagonalScaling
 
 
 class ActNorm(DiagonalScaling):
@@ -35,6 +36,8 @@ class ActNorm(DiagonalScaling):
 
     @torch.no_grad()
     def _initialize(self, x):
+        if x.shape[0] < 2:
+            raise ValueError(f"ActNorm needs a batch of at least 2 samples to set its scale, got {x.shape[0]}")
         self.initialize_on_next_forward = False
         mean, std = x.mean(0), x.std(0)
         self.log_scale.copy_(-torch.log(std + 1e-6))

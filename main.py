@@ -36,6 +36,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import save_image
 from tqdm import tqdm
 
@@ -99,15 +102,20 @@ def bits_per_dim(log_p_v):
 
 @torch.inference_mode()
 def evaluate(model, images, alpha, device):
-    """Mean bits/dim over `images` (uint8 [N, 1, 28, 28]), with a fixed noise seed."""
+    """Mean bits/dim over `images` (uint8 [N, 1, 28, 28]).
+
+    Each batch draws its dequantization noise from its own fixed seed, so the figure is
+    the same every time, and the same whichever processes share the batches.
+    """
     model.eval()
-    generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED)
-    total = 0.0
-    for start in range(0, len(images), EVAL_BATCH):
-        batch = images[start : start + EVAL_BATCH].to(device)
-        total += bits_per_dim(log_density(model, batch, alpha, generator)).double().sum().item()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for index, start in enumerate(range(0, len(images), EVAL_BATCH)):
+        if index % world_size() == rank():
+            generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED + index)
+            batch = images[start : start + EVAL_BATCH].to(device)
+            total += bits_per_dim(log_density(model, batch, alpha, generator)).double().sum()
     model.train()
-    return total / len(images)
+    return reduce(total).item() / len(images)
 
 
 @torch.inference_mode()
@@ -123,10 +131,10 @@ def save_samples(model, path, alpha, n=64, temperature=1.0):
 
 def build_model(model_args):
     """The flow from its arguments (as stored in every checkpoint)."""
-    sizes = {"blocks": model_args["couplings"], "hidden": model_args["hidden"], "depth": model_args["depth"]}
+    options = {"blocks": model_args["couplings"], "hidden": model_args["hidden"], "depth": model_args["depth"]}
     if model_args["model"] == "realnvp":
-        return RealNVP.build(model_args["shape"], actnorm=model_args["actnorm"], shuffle=model_args["shuffle"], **sizes)
-    return NICE.build(model_args["shape"], **sizes)
+        options.update(actnorm=model_args["actnorm"], shuffle=model_args["shuffle"])
+    return MODELS[model_args["model"]].build(model_args["shape"], **options)
 
 
 def save_checkpoint(path, state):
@@ -138,6 +146,7 @@ def save_checkpoint(path, state):
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -243,7 +252,8 @@ def pick_precision(name, device):
     """The autocast dtype for the coupling nets, or None for plain float32."""
     fast_bf16 = {
         "cuda": device.type == "cuda" and torch.cuda.is_bf16_supported(),
-        "cpu": device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
+        "cpu": device.type == "cpu" and any(getattr(torch.cpu, check, lambda: False)()
+                                            for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")),
     }.get(device.type, False)
     if name == "auto":
         name = "bf16" if fast_bf16 else "fp32"
@@ -251,14 +261,61 @@ def pick_precision(name, device):
 
 
 def get_data(args, split):
-    """uint8 images [N, 1, 28, 28] of a split, downloading MNIST first when it is missing."""
+    """uint8 images [N, 1, 28, 28] of a split, downloading MNIST first when it is missing.
+
+    Under torchrun the first process downloads while the others wait.
+    """
     try:
-        ensure_mnist(args.data, mirrors=args.mirror)
+        if rank() == 0:
+            ensure_mnist(args.data, mirrors=args.mirror)
+        if dist.is_initialized():
+            dist.barrier()
+        images, _ = load_mnist(args.data, split)
     except MnistDownloadError as error:
         print(error, file=sys.stderr)
         raise SystemExit(1)
-    images, _ = load_mnist(args.data, split)
+    except (OSError, ValueError) as error:  # a missing or corrupt file
+        print(f"main.py: error: {error}", file=sys.stderr)
+        raise SystemExit(1)
     return images.unsqueeze(1)
+
+
+# --------------------------------------------------------------------------- several processes (torchrun)
+
+
+def start_distributed(device):
+    """Join the process group that torchrun set up; returns the device this process uses."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def reduce(tensor, op=dist.ReduceOp.SUM):
+    """all_reduce across processes; the tensor itself in a single process."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
+def any_process(flag):
+    """True when the boolean tensor `flag` is true in any process."""
+    return bool(reduce(flag.to(torch.int32), dist.ReduceOp.MAX))
+
+
+def say(*message):
+    """print, from the first process only."""
+    if rank() == 0:
+        tqdm.write(" ".join(map(str, message)))
 
 
 # --------------------------------------------------------------------------- training
@@ -278,21 +335,41 @@ def make_optimizer(model, lr):
     return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
 
 
+class NegativeLogLikelihood(nn.Module):
+    """The training loss, -mean log p(v) over a batch of uint8 images, as a module.
+
+    As a module it can be wrapped in DistributedDataParallel, which averages the
+    gradients across processes during backward.
+    """
+
+    def __init__(self, flow, alpha):
+        super().__init__()
+        self.flow, self.alpha = flow, alpha
+
+    def forward(self, images):
+        return -log_density(self.flow, images, self.alpha).mean()
+
+
 def make_training_step(model, optimizer, alpha, low_precision=None):
     """A function batch -> loss that does one step of gradient descent on -mean log p(v).
 
     The coupling nets run in `low_precision` (autocast) when it is given. A non-finite
-    loss never reaches the weights: the step is skipped and None returned.
+    loss never reaches the weights: the step is skipped (by every process, when one
+    of them sees it) and None returned.
     """
     device_type = next(model.parameters()).device.type
     autocast = torch.autocast(device_type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
     # float16 needs its gradients scaled so that they do not underflow; bfloat16 does not.
     scaler = torch.amp.GradScaler(device_type, enabled=low_precision == torch.float16)
+    objective = NegativeLogLikelihood(model, alpha)
+    if dist.is_initialized():
+        # Broadcasts rank 0's weights once, then averages the gradients; the buffers are constants.
+        objective = DistributedDataParallel(objective, broadcast_buffers=False)
 
     def step(batch):
         with autocast:
-            loss = -log_density(model, batch, alpha).mean()
-        if not torch.isfinite(loss):
+            loss = objective(batch)
+        if any_process(~torch.isfinite(loss)):
             return None
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -309,10 +386,11 @@ def train(args, device):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     all_train = get_data(args, "train")
-    valid_size = min(VALIDATION_SIZE, len(all_train) // 10)
+    valid_size = max(1, min(VALIDATION_SIZE, len(all_train) // 10))
     train_images, valid_images = all_train[:-valid_size], all_train[-valid_size:]
     test_images = get_data(args, "test")
     train_images = train_images.to(device)  # uint8 on the device, dequantized per batch
+    writer = rank() == 0  # only the first process writes files and progress
 
     torch.manual_seed(args.seed)
     model_args = {"model": args.model, "shape": list(IMAGE_SHAPE), "couplings": args.couplings,
@@ -320,10 +398,8 @@ def train(args, device):
                   "actnorm": args.actnorm and args.model == "realnvp", "shuffle": args.shuffle and args.model == "realnvp"}
     model = build_model(model_args).to(device)
     optimizer = make_optimizer(model, args.lr)
-    low_precision = pick_precision(args.precision, device)
-    training_step = make_training_step(model, optimizer, args.alpha, low_precision)
-    shuffle = torch.Generator().manual_seed(args.seed)
-    start_epoch, best_valid, elapsed_before = 0, math.inf, 0.0
+    shuffle = torch.Generator().manual_seed(args.seed)  # the same order in every process
+    start_epoch, best_valid, seconds_before = 0, math.inf, 0.0
 
     if args.resume:
         state = load_checkpoint(out / "latest.pt")
@@ -332,55 +408,64 @@ def train(args, device):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         shuffle.set_state(state["shuffle_rng"])
-        start_epoch, best_valid, elapsed_before = state["epoch"], state["best_valid_bpd"], state["train_seconds"]
-        print(f"resuming from {out / 'latest.pt'} after epoch {start_epoch}")
+        start_epoch, best_valid, seconds_before = state["epoch"], state["best_valid_bpd"], state["train_seconds"]
+        say(f"resuming from {out / 'latest.pt'} after epoch {start_epoch}")
     else:
         init_batch = train_images[torch.randperm(len(train_images), generator=shuffle)[:INIT_BATCH].to(device)]
         data_dependent_init(model, dequantize_and_logit(init_batch, args.alpha)[0])
+    if rank() > 0:  # each process draws its own dequantization noise
+        torch.manual_seed(args.seed + 1000 * start_epoch + rank())
+    low_precision = pick_precision(args.precision, device)
+    training_step = make_training_step(model, optimizer, args.alpha, low_precision)
 
-    parameters = sum(p.numel() for p in model.parameters())
-    print(f"{args.model}: {args.couplings} blocks, hidden {args.hidden} x {args.depth}, "
-          f"{parameters / 1e6:.1f}M parameters, on {device}, coupling nets in "
-          f"{str(low_precision or torch.float32).removeprefix('torch.')}; {len(train_images)} training images")
-
-    steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
+    shard = len(train_images) // world_size()  # images per process and epoch
+    steps_per_epoch = math.ceil(shard / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
+    parameters = sum(p.numel() for p in model.parameters())
+    say(f"{args.model}: {args.couplings} blocks, hidden {args.hidden} x {args.depth}, "
+        f"{parameters / 1e6:.1f}M parameters, on {device}"
+        f"{f' x {world_size()} processes' if world_size() > 1 else ''}, coupling nets in "
+        f"{str(low_precision or torch.float32).removeprefix('torch.')}; {len(train_images)} training images")
     started = time.monotonic()
 
-    def checkpoint(epoch):
+    def train_seconds():
+        """Seconds of training over this run and the ones it resumes."""
+        seconds = seconds_before + time.monotonic() - started
+        if dist.is_initialized():  # the slowest clock, so that every process takes the same decisions
+            seconds = reduce(torch.tensor(seconds, device=device), dist.ReduceOp.MAX).item()
+        return seconds
+
+    def checkpoint(epoch, seconds):
         return {"format": CHECKPOINT_FORMAT, "model_args": model_args, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "config": vars(args),
                 "rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
-                "best_valid_bpd": best_valid, "train_seconds": train_seconds()}
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "best_valid_bpd": best_valid, "train_seconds": seconds}
 
-    def train_seconds():  # over this run and the ones it resumes
-        return elapsed_before + time.monotonic() - started
-
-    def out_of_time():
-        return args.time_budget is not None and train_seconds() >= args.time_budget
-
-    def progress(step):
-        """How far training is, 0 to 1, by steps or by the time budget, whichever is further."""
-        by_steps = step / max(total_steps, 1)
-        if args.time_budget is None:
-            return by_steps
-        return max(by_steps, train_seconds() / args.time_budget)
-
-    epoch, test_bpd = start_epoch, None
-    bad_steps = 0
+    epoch, test_bpd, bad_steps, seconds = start_epoch, None, 0, seconds_before
     try:
         for epoch in range(start_epoch, args.epochs):
+            if args.time_budget is not None and train_seconds() >= args.time_budget:
+                say(f"time budget of {args.time_budget:.0f} s reached")
+                break
             epoch_started = time.monotonic()
-            order = torch.randperm(len(train_images), generator=shuffle).to(device)
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-                       unit="step", dynamic_ncols=True, mininterval=1.0)
-            bpd_sum, bpd_count, seen = 0.0, 0, 0
-            recent_bpd = []  # for the progress bar: the mean over the last log interval
+            order = torch.randperm(len(train_images), generator=shuffle)[rank() :: world_size()][:shard].to(device)
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, unit="step",
+                       dynamic_ncols=True, mininterval=1.0, disable=not writer)
+            bpd_sum, bpd_count, recent_bpd = 0.0, 0, []  # recent: the mean over the last log interval
             for step_in_epoch in bar:
                 step = epoch * steps_per_epoch + step_in_epoch
+                seconds = train_seconds()
+                progress = step / max(total_steps, 1)  # 0 to 1, by steps or by the time budget
+                if args.time_budget is not None:
+                    if seconds >= args.time_budget:
+                        break
+                    progress = max(progress, seconds / args.time_budget)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(args, progress(step))
+                    group["lr"] = learning_rate(args, progress)
                 batch = train_images[order[step_in_epoch * args.batch_size : (step_in_epoch + 1) * args.batch_size]]
                 loss = training_step(batch)
                 if loss is None:
@@ -389,45 +474,48 @@ def train(args, device):
                         raise TrainingDiverged(f"{bad_steps} non-finite losses in a row; lower --lr and try again")
                     continue
                 bad_steps = 0
-                seen += len(batch)
                 step_bpd = loss.item() / (D * math.log(2)) + 8
                 bpd_sum, bpd_count = bpd_sum + step_bpd, bpd_count + 1
                 recent_bpd.append(step_bpd)
                 if len(recent_bpd) == LOG_INTERVAL:
-                    rate = seen / (time.monotonic() - epoch_started)
+                    rate = bpd_count * args.batch_size * world_size() / (time.monotonic() - epoch_started)
                     bar.set_postfix(bpd=f"{sum(recent_bpd) / len(recent_bpd):.3f}", img_s=f"{rate:.0f}")
                     recent_bpd = []
-                if out_of_time():
-                    break
             bar.close()
             epoch_seconds = time.monotonic() - epoch_started
+            seconds = train_seconds()
             valid_bpd = evaluate(model, valid_images, args.alpha, device)
             test_bpd = evaluate(model, test_images, args.alpha, device)
-            metrics = {"epoch": epoch + 1, "train_bpd": bpd_sum / max(bpd_count, 1),
-                       "valid_bpd": valid_bpd, "test_bpd": test_bpd,
-                       "seconds": round(epoch_seconds, 2), "samples_per_s": round(seen / epoch_seconds, 1)}
-            with open(out / "metrics.jsonl", "a") as file:
-                file.write(json.dumps(metrics) + "\n")
-            save_samples(model, out / f"samples_{epoch + 1:03d}.png", args.alpha, temperature=0.7)
-            if valid_bpd < best_valid:
-                best_valid = valid_bpd
-                save_checkpoint(out / "best.pt", checkpoint(epoch + 1))
-            save_checkpoint(out / "latest.pt", checkpoint(epoch + 1))
-            tqdm.write(f"epoch {epoch + 1}: train {metrics['train_bpd']:.4f}  valid {valid_bpd:.4f}  "
-                       f"test {test_bpd:.4f} bits/dim  ({epoch_seconds:.0f} s, {metrics['samples_per_s']:.0f} img/s)")
-            if out_of_time():
-                print(f"time budget of {args.time_budget:.0f} s reached")
+            train_bpd = reduce(torch.tensor(bpd_sum / max(bpd_count, 1), device=device)).item() / world_size()
+            improved = math.isfinite(valid_bpd) and valid_bpd < best_valid
+            best_valid = valid_bpd if improved else best_valid
+            if writer:
+                metrics = {"epoch": epoch + 1, "train_bpd": train_bpd, "valid_bpd": valid_bpd, "test_bpd": test_bpd,
+                           "seconds": round(epoch_seconds, 2),
+                           "samples_per_s": round(bpd_count * args.batch_size * world_size() / epoch_seconds, 1)}
+                # Checkpoints first: a crash before the metrics line re-runs the epoch, never logs it twice.
+                if improved:
+                    save_checkpoint(out / "best.pt", checkpoint(epoch + 1, seconds))
+                save_checkpoint(out / "latest.pt", checkpoint(epoch + 1, seconds))
+                with open(out / "metrics.jsonl", "a") as file:
+                    file.write(json.dumps(metrics) + "\n")
+                save_samples(model, out / f"samples_{epoch + 1:03d}.png", args.alpha, temperature=0.7)
+                say(f"epoch {epoch + 1}: train {train_bpd:.4f}  valid {valid_bpd:.4f}  test {test_bpd:.4f} bits/dim  "
+                    f"({epoch_seconds:.0f} s, {metrics['samples_per_s']:.0f} img/s)")
+            if args.time_budget is not None and seconds >= args.time_budget:
+                say(f"time budget of {args.time_budget:.0f} s reached")
                 break
     except KeyboardInterrupt:
         # Keep the weights trained so far; the interrupted epoch counts as not done.
-        save_checkpoint(out / "latest.pt", checkpoint(epoch))
-        print(f"\ninterrupted: saved {out / 'latest.pt'} (resume with --resume)")
+        if writer:
+            save_checkpoint(out / "latest.pt", checkpoint(epoch, seconds))
+            print(f"\ninterrupted: saved {out / 'latest.pt'} (resume with --resume)")
         raise SystemExit(130)
 
     if test_bpd is None:
         test_bpd = evaluate(model, test_images, args.alpha, device)
-    print(f"final test bits/dim: {test_bpd:.4f}")
-    return test_bpd
+    say(f"final test bits/dim: {test_bpd:.4f}")
+    return model, test_bpd
 
 
 def main(argv=None):
@@ -435,20 +523,21 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a polite kill saves like Ctrl-C
     try:
         device = pick_device(args.device)
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # started by torchrun with several processes
+            device = start_distributed(device)
         if args.eval:
             state = load_checkpoint(args.eval)
             model = model_from_checkpoint(state, device)
             test_bpd = evaluate(model, get_data(args, "test"), state["model_args"]["alpha"], device)
-            print(f"test bits/dim: {test_bpd:.4f}")
-        elif args.sample:
+            say(f"test bits/dim: {test_bpd:.4f}")
+        elif args.sample and rank() == 0:
             state = load_checkpoint(args.sample)
             model = model_from_checkpoint(state, device)
             Path(args.out).mkdir(parents=True, exist_ok=True)
             path = Path(args.out) / f"samples_t{args.temperature:g}.png"
             save_samples(model, path, state["model_args"]["alpha"], n=args.n, temperature=args.temperature)
             print(f"wrote {args.n} samples at temperature {args.temperature:g} to {path}")
-        else:
-            torch.manual_seed(args.seed)
+        elif not args.sample:
             train(args, device)
     except UsageError as error:
         print(f"main.py: error: {error}", file=sys.stderr)
@@ -456,6 +545,9 @@ def main(argv=None):
     except TrainingDiverged as error:
         print(f"main.py: training stopped: {error}", file=sys.stderr)
         return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -18,9 +18,8 @@ without it every density NICE can express is the prior's, rearranged.
 `v` and `u` are MLPs from test.py, one pair per block; the prior comes at init.
 """
 import torch
-from torch import nn
 
-from flow import Coupling, CouplingFlow, Flow, check_even, coupling_mlp, zero_last_layer
+from flow import Coupling, CouplingFlow, DiagonalScaling, check_even, coupling_mlp, zero_last_layer
 from prior import Gaussian
 
 
@@ -37,20 +36,6 @@ class AdditiveCoupling(Coupling):
 
     def uncouple(self, half, condition):
         return half - self.shift_net(condition).to(half.dtype), half.new_zeros(half.shape[0])
-
-
-class DiagonalScaling(Flow):
-    """z = exp(s) * h with a learned vector s: Jacobian diag(exp(s)), logdet = sum(s)."""
-
-    def __init__(self, features):
-        super().__init__()
-        self.log_scale = nn.Parameter(torch.zeros(features))
-
-    def forward(self, x):
-        return x * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
-
-    def inverse(self, z):
-        return z * (-self.log_scale).exp(), -self.log_scale.sum().expand(z.shape[0])
 
 
 class NICE(CouplingFlow):

@@ -17,9 +17,10 @@ The Jacobian of f1 is block lower-triangular,
 
 so det = prod(exp(su(x))) and logdet = sum(su(x)); likewise logdet(f0) = sum(sv(y)).
 
-Two guards keep training stable: each log-scale is bounded, s = a * tanh(raw) with a
-learned per-feature a (initially 1), and the last layer of every net starts at zero,
-so each coupling starts as the identity.
+Two guards keep training stable: each log-scale is soft-bounded, s = a * tanh(raw),
+so |s| <= |a| for a learned per-feature a (initially 1) that moves only as fast as the
+optimizer lets it, whatever the net outputs; and the last layer of every net starts at
+zero, so each coupling starts as the identity.
 
 `v`, `u`, `sv`, `su` are MLPs from test.py, one of each per block; the prior comes at init.
 """

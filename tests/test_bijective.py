@@ -10,9 +10,9 @@ import io
 import pytest
 import torch
 
-from flow import Permutation, checkerboard_order, coupling_mlp
+from flow import DiagonalScaling, Permutation, checkerboard_order, coupling_mlp
 from layers import ActNorm
-from nice import NICE, AdditiveCoupling, DiagonalScaling
+from nice import NICE, AdditiveCoupling
 from realnvp import RealNVP, AffineCoupling
 
 BIJECTIVES = [

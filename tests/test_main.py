@@ -246,3 +246,15 @@ def test_missing_and_foreign_checkpoints(tmp_path, capsys):
     (tmp_path / "text.pt").write_text("hello")
     assert main.main(["--sample", str(tmp_path / "text.pt")]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_a_corrupt_data_file_gives_a_one_line_error(tmp_path, capsys):
+    broken = tmp_path / "data"
+    write_fake_mnist_raw(broken, n_train=50, n_test=20, seed=0)
+    images = broken / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])  # truncated
+    with pytest.raises(SystemExit) as exit_info:
+        run(broken, tmp_path / "run", "--epochs", "1")
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "t10k-images-idx3-ubyte" in error and len(error.strip().splitlines()) == 1
