@@ -126,6 +126,24 @@ def save_samples(model, path, alpha, n=64, temperature=1.0):
     save_image(logit_to_pixels(y.float(), alpha), path, nrow=int(math.sqrt(n)) or 1)
 
 
+@torch.inference_mode()
+def save_interpolations(model, images, path, alpha, steps=10):
+    """One row per pair of images: z = cos(t) z_a + sin(t) z_b, t from 0 to pi/2, decoded.
+
+    The path keeps the prior's variance for independent Gaussian latents, so the middle
+    of a row is as typical a latent as its ends.
+    """
+    model.eval()
+    generator = torch.Generator(device=images.device).manual_seed(EVAL_NOISE_SEED)
+    z, _ = model(dequantize_and_logit(images, alpha, generator)[0])
+    z_a, z_b = z[0::2], z[1::2]  # [pairs, 1, 28, 28] each
+    angles = torch.linspace(0, math.pi / 2, steps, device=z.device).view(1, steps, 1, 1, 1)
+    path_z = torch.cos(angles) * z_a.unsqueeze(1) + torch.sin(angles) * z_b.unsqueeze(1)
+    y, _ = model.inverse(path_z.flatten(0, 1))  # [pairs * steps, 1, 28, 28], row by row
+    model.train()
+    save_image(logit_to_pixels(y.float(), alpha), path, nrow=steps)
+
+
 # --------------------------------------------------------------------------- model and checkpoints
 
 
@@ -192,7 +210,7 @@ def parse_args(argv=None):
     model.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=24, help="passes over the training images")
+    training.add_argument("--epochs", type=int, default=32, help="passes over the training images")
     training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                           help="stop training after this wall time, then evaluate and save as at an epoch's end")
     training.add_argument("--batch-size", type=int, default=256, help="images per gradient step")
@@ -215,11 +233,14 @@ def parse_args(argv=None):
     other.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
     other.add_argument("--sample", metavar="CKPT", help="write a grid of samples from a checkpoint into OUT")
     other.add_argument("--n", type=int, default=64, help="number of samples for --sample")
-    other.add_argument("--temperature", type=float, default=1.0, help="prior standard deviation for --sample")
+    other.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7, 0.5],
+                       help="prior standard deviations for --sample: one grid each")
+    other.add_argument("--pairs", type=int, default=8,
+                       help="--sample also interpolates in latent space between this many pairs of test digits")
 
     args = parser.parse_args(argv)
     positive = {"--couplings": args.couplings, "--hidden": args.hidden, "--depth": args.depth,
-                "--batch-size": args.batch_size, "--n": args.n}
+                "--batch-size": args.batch_size, "--n": args.n, "--pairs": args.pairs}
     for flag, value in positive.items():
         if value <= 0:
             parser.error(f"{flag} must be positive, got {value}")
@@ -229,7 +250,7 @@ def parse_args(argv=None):
         parser.error(f"--time-budget must be positive, got {args.time_budget}")
     if not 0 < args.alpha < 0.5:
         parser.error(f"--alpha must lie in (0, 0.5), got {args.alpha}")
-    if not args.lr > 0 or args.temperature <= 0:
+    if not args.lr > 0 or min(args.temperature) <= 0:
         parser.error("--lr and --temperature must be positive")
     if args.eval and args.sample:
         parser.error("--eval and --sample are separate jobs: give one")
@@ -533,10 +554,15 @@ def main(argv=None):
         elif args.sample and rank() == 0:
             state = load_checkpoint(args.sample)
             model = model_from_checkpoint(state, device)
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            path = Path(args.out) / f"samples_t{args.temperature:g}.png"
-            save_samples(model, path, state["model_args"]["alpha"], n=args.n, temperature=args.temperature)
-            print(f"wrote {args.n} samples at temperature {args.temperature:g} to {path}")
+            alpha, out = state["model_args"]["alpha"], Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            for temperature in args.temperature:
+                path = out / f"samples_t{temperature:g}.png"
+                save_samples(model, path, alpha, n=args.n, temperature=temperature)
+                print(f"wrote {args.n} samples at temperature {temperature:g} to {path}")
+            pairs = get_data(args, "test")[: 2 * args.pairs].to(device)
+            save_interpolations(model, pairs, out / "interpolation.png", alpha)
+            print(f"wrote latent interpolations between {len(pairs) // 2} pairs of test digits to {out / 'interpolation.png'}")
         elif not args.sample:
             train(args, device)
     except UsageError as error:

@@ -149,10 +149,30 @@ def test_nice_trains_through_the_same_script(data_root, tmp_path, capsys):
 def test_sample_writes_a_grid(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(data_root, out, "--epochs", "1") == 0
-    assert main.main(["--sample", str(out / "best.pt"), "--n", "16", "--temperature", "0.5",
-                      "--out", str(tmp_path / "pictures"), "--device", "cpu"]) == 0
-    image = Image.open(tmp_path / "pictures" / "samples_t0.5.png")
-    assert image.size == (2 + 4 * 30, 2 + 4 * 30)  # a 4 x 4 grid of 28-pixel images, 2-pixel padding
+    assert main.main(["--sample", str(out / "best.pt"), "--n", "16", "--temperature", "1", "0.5", "--pairs", "3",
+                      "--data", str(data_root), "--out", str(tmp_path / "pictures"), "--device", "cpu"]) == 0
+    for name in ("samples_t1.png", "samples_t0.5.png"):
+        image = Image.open(tmp_path / "pictures" / name)
+        assert image.size == (2 + 4 * 30, 2 + 4 * 30)  # a 4 x 4 grid of 28-pixel images, 2-pixel padding
+    # 3 rows (pairs) of 10 steps
+    assert Image.open(tmp_path / "pictures" / "interpolation.png").size == (2 + 10 * 30, 2 + 3 * 30)
+
+
+def test_interpolation_starts_and_ends_at_the_two_digits(data_root):
+    torch.manual_seed(0)
+    model = main.build_model({"model": "realnvp", "shape": [1, 28, 28], "couplings": 1, "hidden": 16, "depth": 1,
+                              "alpha": 1e-6, "actnorm": True, "shuffle": True})
+    images = main.get_data(main.parse_args(["--data", str(data_root)]), "test")[:4]
+    captured = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(main, "save_image", lambda pixels, path, nrow: captured.update(pixels=pixels, nrow=nrow))
+        main.save_interpolations(model, images, "unused.png", 1e-6, steps=5)
+    pixels = captured["pixels"].view(2, 5, 1, 28, 28)
+    bin_centres = (images.float() + 0.5) / 256
+    # The ends decode back to the dequantized digits, v = (k + u) / 256: inside each pixel's bin.
+    assert (pixels[:, 0] - bin_centres[0::2]).abs().max() <= 0.5 / 256 + 1e-5
+    assert (pixels[:, -1] - bin_centres[1::2]).abs().max() <= 0.5 / 256 + 1e-5
+    assert (pixels[:, 2] - bin_centres[0::2]).abs().max() > 0.1  # the middle is neither
 
 
 # --------------------------------------------------------------------------- faults
