@@ -150,10 +150,27 @@ class Permutation(Flow):
         self.register_buffer("inverse_order", order.argsort())
 
     def forward(self, x):
-        return x[:, self.order], x.new_zeros(x.shape[0])
+        return _Reorder.apply(x, self.order, self.inverse_order), x.new_zeros(x.shape[0])
 
     def inverse(self, z):
-        return z[:, self.inverse_order], z.new_zeros(z.shape[0])
+        return _Reorder.apply(z, self.inverse_order, self.order), z.new_zeros(z.shape[0])
+
+
+class _Reorder(torch.autograd.Function):
+    """x[:, order], whose gradient is the reverse reordering: a gather both ways.
+
+    (Plain indexing would scatter-add the gradient back, several times slower.)
+    """
+
+    @staticmethod
+    def forward(ctx, x, order, inverse_order):
+        ctx.save_for_backward(inverse_order)
+        return x[:, order]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse_order,) = ctx.saved_tensors
+        return grad[:, inverse_order], None, None
 
 
 class DiagonalScaling(Flow):

@@ -429,7 +429,7 @@ def train(args, device):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state["cuda_rng"] is not None:
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         shuffle.set_state(state["shuffle_rng"])
         start_epoch, best_valid, seconds_before = state["epoch"], state["best_valid_bpd"], state["train_seconds"]

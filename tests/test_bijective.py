@@ -130,3 +130,15 @@ def test_runs_on_cuda(factory, shape):
     module = randomized(factory).cuda()
     x = torch.randn(4, *shape, dtype=torch.float64, device="cuda")
     assert (module.inverse(module(x)[0])[0] - x).abs().max() <= 1e-10
+
+
+def test_permutation_gradient_matches_plain_indexing():
+    # The hand-written backward of Permutation against autograd through ordinary indexing.
+    torch.manual_seed(0)
+    permutation = Permutation(torch.randperm(12))
+    x = torch.randn(5, 12, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(5, 12, dtype=torch.float64)
+    for direction, order in ((permutation, permutation.order), (permutation.inverse, permutation.inverse_order)):
+        ours = torch.autograd.grad((direction(x)[0] * weights).sum(), x)[0]
+        reference = torch.autograd.grad((x[:, order] * weights).sum(), x)[0]
+        assert torch.equal(ours, reference)
