@@ -294,6 +294,7 @@ def get_data(args, split):
         images, _ = load_mnist(args.data, split)
     except MnistDownloadError as error:
         print(error, file=sys.stderr)
+        print("or let main.py install it: python main.py --mirror /path/to/folder/with/the/gz/files", file=sys.stderr)
         raise SystemExit(1)
     except (OSError, ValueError) as error:  # a missing or corrupt file
         print(f"main.py: error: {error}", file=sys.stderr)
