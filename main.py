@@ -515,7 +515,7 @@ def train(args, device):
                 metrics = {"epoch": epoch + 1, "train_bpd": train_bpd, "valid_bpd": valid_bpd, "test_bpd": test_bpd,
                            "seconds": round(epoch_seconds, 2),
                            "samples_per_s": round(bpd_count * args.batch_size * world_size() / epoch_seconds, 1)}
-                # Checkpoints first: a crash before the metrics line re-runs the epoch, never logs it twice.
+                # Checkpoints first: a crash in between can lose this metrics line, never write it twice.
                 if improved:
                     save_checkpoint(out / "best.pt", checkpoint(epoch + 1, seconds))
                 save_checkpoint(out / "latest.pt", checkpoint(epoch + 1, seconds))
