@@ -33,6 +33,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -100,47 +101,53 @@ def bits_per_dim(log_p_v):
     return -log_p_v / (D * math.log(2)) + 8
 
 
-@torch.inference_mode()
+@contextmanager
+def inference(model):
+    """Eval mode and inference mode for a block; the model returns to the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def evaluate(model, images, alpha, device):
     """Mean bits/dim over `images` (uint8 [N, 1, 28, 28]).
 
     Each batch draws its dequantization noise from its own fixed seed, so the figure is
     the same every time, and the same whichever processes share the batches.
     """
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for index, start in enumerate(range(0, len(images), EVAL_BATCH)):
-        if index % world_size() == rank():
-            generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED + index)
-            batch = images[start : start + EVAL_BATCH].to(device)
-            total += bits_per_dim(log_density(model, batch, alpha, generator)).double().sum()
-    model.train()
-    return reduce(total).item() / len(images)
+    with inference(model):
+        for index, start in enumerate(range(0, len(images), EVAL_BATCH)):
+            if index % world_size() == rank():
+                generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED + index)
+                batch = images[start : start + EVAL_BATCH].to(device)
+                total += bits_per_dim(log_density(model, batch, alpha, generator)).double().sum()
+        return reduce(total).item() / len(images)
 
 
-@torch.inference_mode()
 def save_samples(model, path, alpha, n=64, temperature=1.0):
-    model.eval()
-    y = model.sample(n, temperature=temperature)
-    model.train()
+    with inference(model):
+        y = model.sample(n, temperature=temperature)
     save_image(logit_to_pixels(y.float(), alpha), path, nrow=int(math.sqrt(n)) or 1)
 
 
-@torch.inference_mode()
 def save_interpolations(model, images, path, alpha, steps=10):
     """One row per pair of images: z = cos(t) z_a + sin(t) z_b, t from 0 to pi/2, decoded.
 
     The path keeps the prior's variance for independent Gaussian latents, so the middle
     of a row is as typical a latent as its ends.
     """
-    model.eval()
-    generator = torch.Generator(device=images.device).manual_seed(EVAL_NOISE_SEED)
-    z, _ = model(dequantize_and_logit(images, alpha, generator)[0])
-    z_a, z_b = z[0::2], z[1::2]  # [pairs, 1, 28, 28] each
-    angles = torch.linspace(0, math.pi / 2, steps, device=z.device).view(1, steps, 1, 1, 1)
-    path_z = torch.cos(angles) * z_a.unsqueeze(1) + torch.sin(angles) * z_b.unsqueeze(1)
-    y, _ = model.inverse(path_z.flatten(0, 1))  # [pairs * steps, 1, 28, 28], row by row
-    model.train()
+    with inference(model):
+        generator = torch.Generator(device=images.device).manual_seed(EVAL_NOISE_SEED)
+        z, _ = model(dequantize_and_logit(images, alpha, generator)[0])
+        z_a, z_b = z[0::2], z[1::2]  # [pairs, 1, 28, 28] each
+        angles = torch.linspace(0, math.pi / 2, steps, device=z.device).view(1, steps, 1, 1, 1)
+        path_z = torch.cos(angles) * z_a.unsqueeze(1) + torch.sin(angles) * z_b.unsqueeze(1)
+        y, _ = model.inverse(path_z.flatten(0, 1))  # [pairs * steps, 1, 28, 28], row by row
     save_image(logit_to_pixels(y.float(), alpha), path, nrow=steps)
 
 
