@@ -233,10 +233,17 @@ def checkerboard_order(shape):
     return torch.cat([torch.nonzero(black == 0).flatten(), torch.nonzero(black == 1).flatten()])
 
 
-def coupling_mlp(features, hidden, depth, activation=nn.ReLU):
-    """An MLP features -> hidden (x depth) -> features, the shape every coupling net has."""
+def coupling_mlp(features, hidden, depth, activation=nn.ReLU, dropout=0.0):
+    """An MLP features -> hidden (x depth) -> features, the shape every coupling net has.
+
+    With `dropout` > 0, each hidden layer's output is dropped with that probability in
+    training mode (a regulariser); in eval mode the net, and so the flow, is deterministic.
+    """
+    def hidden_activation():
+        return nn.Sequential(activation(), nn.Dropout(dropout)) if dropout > 0 else activation()
+
     shapes = [features] + [hidden] * depth + [features]
-    return MLP(shapes, [activation() for _ in range(depth)] + [None])
+    return MLP(shapes, [hidden_activation() for _ in range(depth)] + [None])
 
 
 def zero_last_layer(net):

@@ -10,11 +10,24 @@ that its output has zero mean and unit variance per feature on that batch. On MN
 matters: the logits of background pixels and of stroke pixels have very different
 means and spreads, and couplings that start as the identity, with bounded log-scales,
 take many steps to learn per-pixel scales that ActNorm gets from one batch.
+
+LUMixing (Glow's invertible 1x1 convolution, here over all the features) is a learned
+invertible linear map, kept in LU form so that its log-det costs nothing:
+
+    z = W x + b,    W = P L U,    U's diagonal = sign * exp(log_scale)
+    P a fixed permutation, L unit lower-triangular, U upper-triangular
+    det W = +-prod(exp(log_scale)),    logdet = sum(log_scale)
+    x = U^-1 L^-1 P^T (z - b)          (two triangular solves, no matrix inverse)
+
+Between couplings it lets each one split the features along learned directions
+instead of fixed pixel halves.
 """
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
-from flow import DiagonalScaling
+from flow import DiagonalScaling, Flow
 
 
 class ActNorm(DiagonalScaling):
@@ -52,3 +65,55 @@ def data_dependent_init(flow, x):
         actnorm.initialize_on_next_forward = True
     flow(x)
     return len(actnorms)
+
+
+class LUMixing(Flow):
+    """z = P L U x + b, a learned invertible linear map over the features: logdet = sum(log_scale).
+
+    It starts as a random rotation (the QR factor of a Gaussian matrix, decomposed as
+    P L U), so the features start well mixed and the log-det starts at 0. Under
+    autocast it stays in float32, like the rest of the flow outside the coupling nets,
+    so that the inverse undoes it exactly.
+    """
+
+    def __init__(self, features, generator=None):
+        super().__init__()
+        rotation, _ = torch.linalg.qr(torch.randn(features, features, generator=generator, dtype=torch.float64))
+        permutation, lower, upper = torch.linalg.lu(rotation)  # rotation = P L U
+        diagonal = upper.diagonal()
+        # Row vectors: z = x U^T L^T P^T + b, and (y P^T)[:, i] = y[:, order[i]].
+        order = permutation.argmax(1)
+        self.register_buffer("order", order)
+        self.register_buffer("inverse_order", order.argsort())
+        self.register_buffer("sign", diagonal.sign().float())
+        self.lower = nn.Parameter(lower.tril(-1).float())  # only the strictly lower part is used
+        self.upper = nn.Parameter(upper.triu(1).float())  # only the strictly upper part is used
+        self.log_scale = nn.Parameter(diagonal.abs().log().float())
+        self.bias = nn.Parameter(torch.zeros(features))
+
+    def _factors(self):
+        identity = torch.eye(len(self.log_scale), dtype=self.lower.dtype, device=self.lower.device)
+        lower = self.lower.tril(-1) + identity
+        upper = self.upper.triu(1) + torch.diag(self.sign * self.log_scale.exp())
+        return lower, upper
+
+    def forward(self, x):
+        lower, upper = self._factors()
+        with without_autocast(x.device.type):
+            y = x @ upper.T @ lower.T  # [batch, n]
+        return y[:, self.order] + self.bias, self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, z):
+        lower, upper = self._factors()
+        y = (z - self.bias)[:, self.inverse_order]
+        # Solve t L^T = y, then x U^T = t.
+        t = torch.linalg.solve_triangular(lower.T, y, upper=True, left=False, unitriangular=True)
+        x = torch.linalg.solve_triangular(upper.T, t, upper=False, left=False)
+        return x, -self.log_scale.sum().expand(z.shape[0])
+
+
+def without_autocast(device_type):
+    """A block where matrix products run in the inputs' dtype even inside autocast."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()  # e.g. the meta device, which has no autocast

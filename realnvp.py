@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from flow import Coupling, CouplingFlow, Permutation, check_even, coupling_mlp, zero_last_layer
-from layers import ActNorm
+from layers import ActNorm, LUMixing
 from prior import Gaussian
 
 
@@ -66,9 +66,10 @@ class RealNVP(CouplingFlow):
     actnorm: put an ActNorm (layers.py) before each block; call
     `layers.data_dependent_init` with a batch of data before training.
     shuffle: reorder the features by a fixed random permutation between blocks (logdet 0).
+    mixing: put a learned invertible linear map (`layers.LUMixing`) between blocks.
     """
 
-    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False, shuffle=False):
+    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False, shuffle=False, mixing=False):
         check_even(prior.dim, "RealNVP")
         counts = {len(vNets), len(uNets), len(svNets), len(suNets)}
         if len(counts) != 1:
@@ -79,8 +80,11 @@ class RealNVP(CouplingFlow):
         n = prior.dim
         couplings = []
         for index, (v, u, sv, su) in enumerate(zip(vNets, uNets, svNets, suNets)):
+            generator = torch.Generator().manual_seed(index)  # the same model from the same arguments
             if shuffle and index > 0:  # a fixed random order, so that each block splits the features anew
-                couplings.append(Permutation(torch.randperm(n, generator=torch.Generator().manual_seed(index))))
+                couplings.append(Permutation(torch.randperm(n, generator=generator)))
+            if mixing and index > 0:  # a learned rotation-like map, so that each block splits them along new directions
+                couplings.append(LUMixing(n, generator=generator))
             if actnorm:  # a per-feature affine map before each block, set from data (layers.py)
                 couplings.append(ActNorm(n))
             # F = f0 o f1: data to latent applies f1 (transforms y) first, then f0 (x).
@@ -88,11 +92,11 @@ class RealNVP(CouplingFlow):
         super().__init__(prior, couplings)
 
     @classmethod
-    def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False, shuffle=False):
+    def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False, shuffle=False, mixing=False, dropout=0.0):
         """RealNVP over data of `shape` with MLP couplings n/2 -> hidden (x depth) -> n/2."""
         prior = Gaussian(shape)
-        nets = lambda: [coupling_mlp(prior.dim // 2, hidden, depth) for _ in range(blocks)]
-        return cls(prior, nets(), nets(), nets(), nets(), actnorm=actnorm, shuffle=shuffle)
+        nets = lambda: [coupling_mlp(prior.dim // 2, hidden, depth, dropout=dropout) for _ in range(blocks)]
+        return cls(prior, nets(), nets(), nets(), nets(), actnorm=actnorm, shuffle=shuffle, mixing=mixing)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flow import DiagonalScaling, Permutation, checkerboard_order, coupling_mlp
-from layers import ActNorm
+from layers import ActNorm, LUMixing
 from nice import NICE, AdditiveCoupling
 from realnvp import RealNVP, AffineCoupling
 
@@ -30,6 +30,12 @@ BIJECTIVES = [
     pytest.param(lambda: ActNorm(6), [6], id="actnorm"),
     pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16, actnorm=True, shuffle=True), [1, 4, 4],
                  id="realnvp-actnorm-shuffle"),
+    pytest.param(lambda: LUMixing(6), [6], id="lu-mixing"),
+    pytest.param(lambda: RealNVP.build([8], blocks=2, hidden=16, actnorm=True, mixing=True), [8],
+                 id="realnvp-actnorm-mixing"),
+    # Dropout is a training-time regulariser; in eval mode the flow is a deterministic bijection.
+    pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16, dropout=0.5).eval(), [1, 4, 4],
+                 id="realnvp-dropout-eval"),
 ]
 
 
@@ -155,5 +161,6 @@ def test_round_trip_with_bfloat16_nets(factory, shape):
         z, logdet = module(x)
         x_back, inverse_logdet = module.inverse(z)
     assert z.dtype == x_back.dtype == logdet.dtype == torch.float32
-    assert (x_back - x).abs().max() <= 1e-4
+    # float32 round-off grows with the magnitudes the random weights reach (|z| up to a few hundred).
+    assert (x_back - x).abs().max() <= 1e-5 * (1 + z.abs().max())
     assert (logdet + inverse_logdet).abs().max() <= 1e-4 * (1 + logdet.abs().max())
