@@ -161,6 +161,7 @@ NEWER_MODEL_ARGS = {"mixing": False, "dropout": 0.0}
 
 def build_model(model_args):
     """The flow from its arguments (as stored in every checkpoint)."""
+    model_args = {**NEWER_MODEL_ARGS, **model_args}
     options = {"blocks": model_args["couplings"], "hidden": model_args["hidden"], "depth": model_args["depth"]}
     if model_args["model"] == "realnvp":
         options.update({name: model_args[name] for name in ("actnorm", "shuffle", "mixing", "dropout")})
@@ -210,7 +211,6 @@ def load_checkpoint(path):
         raise UsageError(f"{path} is not a readable checkpoint ({type(error).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"{path} is not a checkpoint written by this main.py")
-    state["model_args"] = {**NEWER_MODEL_ARGS, **state["model_args"]}
     return state
 
 
@@ -467,7 +467,7 @@ def train(args, device):
 
     if args.resume:
         state = load_checkpoint(out / "latest.pt")
-        if state["model_args"] != model_args:
+        if {**NEWER_MODEL_ARGS, **state["model_args"]} != model_args:
             raise UsageError(f"{out / 'latest.pt'} holds a different model: {state['model_args']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
