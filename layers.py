@@ -14,7 +14,7 @@ take many steps to learn per-pixel scales that ActNorm gets from one batch.
 LUMixing (Glow's invertible 1x1 convolution, here over all the features) is a learned
 invertible linear map, kept in LU form so that its log-det costs nothing:
 
-    z = W x + b,    W = P L U,    U's diagonal = sign * exp(log_scale)
+    z = W x + b,    W = P L U,    U's diagonal = exp(log_scale)
     P a fixed permutation, L unit lower-triangular, U upper-triangular
     det W = +-prod(exp(log_scale)),    logdet = sum(log_scale)
     x = U^-1 L^-1 P^T (z - b)          (two triangular solves, no matrix inverse)
@@ -70,31 +70,29 @@ def data_dependent_init(flow, x):
 class LUMixing(Flow):
     """z = P L U x + b, a learned invertible linear map over the features: logdet = sum(log_scale).
 
-    It starts as a random rotation (the QR factor of a Gaussian matrix, decomposed as
-    P L U), so the features start well mixed and the log-det starts at 0. Under
-    autocast it stays in float32, like the rest of the flow outside the coupling nets,
-    so that the inverse undoes it exactly.
+    It starts as a random permutation (L = U = I), so a model starts exactly as one
+    with fixed shuffles, and learns from there. (Glow starts from a random rotation;
+    over hundreds of features the L and U factors of a rotation are far from
+    identity and badly conditioned, and training with them diverged.)
+    Under autocast the products stay in float32, like the rest of the flow outside the
+    coupling nets, so that the inverse undoes them exactly.
     """
 
     def __init__(self, features, generator=None):
         super().__init__()
-        rotation, _ = torch.linalg.qr(torch.randn(features, features, generator=generator, dtype=torch.float64))
-        permutation, lower, upper = torch.linalg.lu(rotation)  # rotation = P L U
-        diagonal = upper.diagonal()
-        # Row vectors: z = x U^T L^T P^T + b, and (y P^T)[:, i] = y[:, order[i]].
-        order = permutation.argmax(1)
+        order = torch.randperm(features, generator=generator)
+        # Row vectors: z = (x U^T L^T)[:, order] + b.
         self.register_buffer("order", order)
         self.register_buffer("inverse_order", order.argsort())
-        self.register_buffer("sign", diagonal.sign().float())
-        self.lower = nn.Parameter(lower.tril(-1).float())  # only the strictly lower part is used
-        self.upper = nn.Parameter(upper.triu(1).float())  # only the strictly upper part is used
-        self.log_scale = nn.Parameter(diagonal.abs().log().float())
+        self.lower = nn.Parameter(torch.zeros(features, features))  # only the strictly lower part is used
+        self.upper = nn.Parameter(torch.zeros(features, features))  # only the strictly upper part is used
+        self.log_scale = nn.Parameter(torch.zeros(features))
         self.bias = nn.Parameter(torch.zeros(features))
 
     def _factors(self):
         identity = torch.eye(len(self.log_scale), dtype=self.lower.dtype, device=self.lower.device)
         lower = self.lower.tril(-1) + identity
-        upper = self.upper.triu(1) + torch.diag(self.sign * self.log_scale.exp())
+        upper = self.upper.triu(1) + torch.diag(self.log_scale.exp())
         return lower, upper
 
     def forward(self, x):
