@@ -26,7 +26,6 @@ everything from the file alone. Checkpoints are written atomically (a temporary 
 renamed into place), so a crash at any moment leaves the previous one loadable.
 """
 import argparse
-import copy
 import json
 import math
 import os
@@ -168,23 +167,6 @@ def build_model(model_args):
     return MODELS[model_args["model"]].build(model_args["shape"], **options)
 
 
-class WeightAverage:
-    """An exponential moving average of a model's weights, used for evaluation and samples:
-
-        w_avg <- decay * w_avg + (1 - decay) * w        after every optimizer step
-
-    It averages out the noise of the last steps of stochastic gradient descent.
-    """
-
-    def __init__(self, model, decay):
-        self.decay = decay
-        self.model = copy.deepcopy(model).requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model):
-        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.decay)
-
-
 def save_checkpoint(path, state):
     """torch.save to a temporary file in the same folder, then rename: never half-written."""
     path = Path(path)
@@ -215,9 +197,8 @@ def load_checkpoint(path):
 
 
 def model_from_checkpoint(state, device):
-    """The model a checkpoint evaluates: its weight average when it has one."""
     model = build_model(state["model_args"]).to(device)
-    model.load_state_dict(state.get("average") or state["model"])
+    model.load_state_dict(state["model"])
     return model
 
 
@@ -250,9 +231,6 @@ def parse_args(argv=None):
                           help="stop training after this wall time, then evaluate and save as at an epoch's end")
     training.add_argument("--batch-size", type=int, default=256, help="images per gradient step")
     training.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (cosine decay to 0)")
-    training.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                          help="evaluate, sample and save an exponential moving average of the weights with this "
-                               "decay per step (e.g. 0.999); 0 turns it off")
     training.add_argument("--seed", type=int, default=0, help="random seed")
     training.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                           help="precision of the coupling nets in training (log-dets, prior and loss stay float32); "
@@ -288,8 +266,8 @@ def parse_args(argv=None):
         parser.error(f"--time-budget must be positive, got {args.time_budget}")
     if not 0 < args.alpha < 0.5:
         parser.error(f"--alpha must lie in (0, 0.5), got {args.alpha}")
-    if not 0 <= args.dropout < 1 or not 0 <= args.ema < 1:
-        parser.error(f"--dropout and --ema must lie in [0, 1), got {args.dropout} and {args.ema}")
+    if not 0 <= args.dropout < 1:
+        parser.error(f"--dropout must lie in [0, 1), got {args.dropout}")
     if not args.lr > 0 or min(args.temperature) <= 0:
         parser.error("--lr and --temperature must be positive")
     if args.eval and args.sample:
@@ -480,10 +458,6 @@ def train(args, device):
     else:
         init_batch = train_images[torch.randperm(len(train_images), generator=shuffle)[:INIT_BATCH].to(device)]
         data_dependent_init(model, dequantize_and_logit(init_batch, args.alpha)[0])
-    average = WeightAverage(model, args.ema) if args.ema > 0 else None
-    if average is not None and args.resume and state.get("average") is not None:
-        average.model.load_state_dict(state["average"])
-    evaluated = average.model if average is not None else model  # the weights that are evaluated and saved
     if rank() > 0:  # each process draws its own dequantization noise
         torch.manual_seed(args.seed + 1000 * start_epoch + rank())
     low_precision = pick_precision(args.precision, device)
@@ -508,7 +482,6 @@ def train(args, device):
 
     def checkpoint(epoch, seconds):
         return {"format": CHECKPOINT_FORMAT, "model_args": model_args, "model": model.state_dict(),
-                "average": average.model.state_dict() if average is not None else None,
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "config": vars(args),
                 "rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -537,8 +510,6 @@ def train(args, device):
                     group["lr"] = learning_rate(args, progress)
                 batch = train_images[order[step_in_epoch * args.batch_size : (step_in_epoch + 1) * args.batch_size]]
                 loss = training_step(batch)
-                if loss is not None and average is not None:
-                    average.update(model)
                 if loss is None:
                     bad_steps += 1
                     if bad_steps >= MAX_BAD_STEPS:
@@ -555,8 +526,8 @@ def train(args, device):
             bar.close()
             epoch_seconds = time.monotonic() - epoch_started
             seconds = train_seconds()
-            valid_bpd = evaluate(evaluated, valid_images, args.alpha, device)
-            test_bpd = evaluate(evaluated, test_images, args.alpha, device)
+            valid_bpd = evaluate(model, valid_images, args.alpha, device)
+            test_bpd = evaluate(model, test_images, args.alpha, device)
             train_bpd = reduce(torch.tensor(bpd_sum / max(bpd_count, 1), device=device)).item() / world_size()
             improved = math.isfinite(valid_bpd) and valid_bpd < best_valid
             best_valid = valid_bpd if improved else best_valid
@@ -570,7 +541,7 @@ def train(args, device):
                 save_checkpoint(out / "latest.pt", checkpoint(epoch + 1, seconds))
                 with open(out / "metrics.jsonl", "a") as file:
                     file.write(json.dumps(metrics) + "\n")
-                save_samples(evaluated, out / f"samples_{epoch + 1:03d}.png", args.alpha, temperature=0.7)
+                save_samples(model, out / f"samples_{epoch + 1:03d}.png", args.alpha, temperature=0.7)
                 say(f"epoch {epoch + 1}: train {train_bpd:.4f}  valid {valid_bpd:.4f}  test {test_bpd:.4f} bits/dim  "
                     f"({epoch_seconds:.0f} s, {metrics['samples_per_s']:.0f} img/s)")
             if args.time_budget is not None and seconds >= args.time_budget:
@@ -584,11 +555,9 @@ def train(args, device):
         raise SystemExit(130)
 
     if test_bpd is None:
-        test_bpd = evaluate(evaluated, test_images, args.alpha, device)
-    if average is not None:
-        say(f"test bits/dim of the last weights, without the average: {evaluate(model, test_images, args.alpha, device):.4f}")
+        test_bpd = evaluate(model, test_images, args.alpha, device)
     say(f"final test bits/dim: {test_bpd:.4f}")
-    return evaluated, test_bpd
+    return model, test_bpd
 
 
 def main(argv=None):

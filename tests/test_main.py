@@ -114,9 +114,11 @@ def test_training_lowers_the_test_bits_per_dim(data_root, tmp_path):
     assert metrics[-1]["test_bpd"] < metrics[0]["test_bpd"] - 0.05, metrics
 
 
-def test_eval_reproduces_the_logged_test_bits_per_dim(data_root, tmp_path, capsys):
+@pytest.mark.parametrize("flags", [[], ["--mixing", "--dropout", "0.3"]], ids=["defaults", "mixing-dropout"])
+def test_eval_reproduces_the_logged_test_bits_per_dim(data_root, tmp_path, capsys, flags):
+    # With dropout, this holds only if evaluation runs the nets in eval mode.
     out = tmp_path / "run"
-    assert run(data_root, out, "--epochs", "1") == 0
+    assert run(data_root, out, "--epochs", "1", *flags) == 0
     logged = read_metrics(out)[-1]["test_bpd"]
     capsys.readouterr()
     assert main.main(["--data", str(data_root), "--eval", str(out / "latest.pt"), "--device", "cpu"]) == 0
@@ -129,6 +131,17 @@ def test_resume_continues_the_epoch_count(data_root, tmp_path):
     assert run(data_root, out, "--epochs", "3", "--resume") == 0
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3]
     assert main.load_checkpoint(out / "latest.pt")["epoch"] == 3
+
+
+def test_checkpoints_from_before_the_newer_options_still_load(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "1") == 0
+    state = main.load_checkpoint(out / "latest.pt")
+    for name in main.NEWER_MODEL_ARGS:
+        del state["model_args"][name]
+    main.save_checkpoint(out / "latest.pt", state)
+    assert run(data_root, out, "--epochs", "2", "--resume") == 0
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
 
 
 def test_same_seed_gives_identical_metrics(data_root, tmp_path):
@@ -249,6 +262,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
     (["--epochs", "-1"], "--epochs must be zero or more"),
     (["--device", "tpu"], "invalid choice"),
     (["--hidden", "0"], "--hidden must be positive"),
+    (["--dropout", "1"], "--dropout must lie in [0, 1)"),
 ])
 def test_bad_flags_exit_with_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
