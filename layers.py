@@ -27,7 +27,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from flow import DiagonalScaling, Flow
+from flow import DiagonalScaling, Flow, Permutation
 
 
 class ActNorm(DiagonalScaling):
@@ -70,40 +70,37 @@ def data_dependent_init(flow, x):
 class LUMixing(Flow):
     """z = P L U x + b, a learned invertible linear map over the features: logdet = sum(log_scale).
 
-    It starts as a random permutation (L = U = I), so a model starts exactly as one
-    with fixed shuffles, and learns from there. (Glow starts from a random rotation;
-    over hundreds of features the L and U factors of a rotation are far from
-    identity and badly conditioned, and training with them diverged.)
+    L and U share one square `weight`: its strictly lower triangle is L's (below a
+    diagonal of ones), its strictly upper triangle U's (above the diagonal exp(log_scale)).
+    It starts at L = U = I, a random permutation like the shuffles between blocks, and
+    learns from there. (Glow starts from a random rotation; over hundreds of features
+    the L and U factors of a rotation are badly conditioned, and training diverged.)
     Under autocast the products stay in float32, like the rest of the flow outside the
     coupling nets, so that the inverse undoes them exactly.
     """
 
     def __init__(self, features, generator=None):
         super().__init__()
-        order = torch.randperm(features, generator=generator)
-        # Row vectors: z = (x U^T L^T)[:, order] + b.
-        self.register_buffer("order", order)
-        self.register_buffer("inverse_order", order.argsort())
-        self.lower = nn.Parameter(torch.zeros(features, features))  # only the strictly lower part is used
-        self.upper = nn.Parameter(torch.zeros(features, features))  # only the strictly upper part is used
+        self.permutation = Permutation(torch.randperm(features, generator=generator))
+        self.weight = nn.Parameter(torch.zeros(features, features))
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.bias = nn.Parameter(torch.zeros(features))
 
     def _factors(self):
-        identity = torch.eye(len(self.log_scale), dtype=self.lower.dtype, device=self.lower.device)
-        lower = self.lower.tril(-1) + identity
-        upper = self.upper.triu(1) + torch.diag(self.log_scale.exp())
+        identity = torch.eye(len(self.log_scale), dtype=self.weight.dtype, device=self.weight.device)
+        lower = self.weight.tril(-1) + identity
+        upper = self.weight.triu(1) + torch.diag(self.log_scale.exp())
         return lower, upper
 
     def forward(self, x):
         lower, upper = self._factors()
         with without_autocast(x.device.type):
-            y = x @ upper.T @ lower.T  # [batch, n]
-        return y[:, self.order] + self.bias, self.log_scale.sum().expand(x.shape[0])
+            y = x @ upper.T @ lower.T  # row vectors [batch, n]: (L U x^T)^T
+        return self.permutation(y)[0] + self.bias, self.log_scale.sum().expand(x.shape[0])
 
     def inverse(self, z):
         lower, upper = self._factors()
-        y = (z - self.bias)[:, self.inverse_order]
+        y = self.permutation.inverse(z - self.bias)[0]
         # Solve t L^T = y, then x U^T = t.
         t = torch.linalg.solve_triangular(lower.T, y, upper=True, left=False, unitriangular=True)
         x = torch.linalg.solve_triangular(upper.T, t, upper=False, left=False)

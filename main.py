@@ -158,9 +158,14 @@ def save_interpolations(model, images, path, alpha, steps=10):
 NEWER_MODEL_ARGS = {"mixing": False, "dropout": 0.0}
 
 
+def complete_model_args(model_args):
+    """Model arguments from any checkpoint, older ones filled in with the newer options off."""
+    return {**NEWER_MODEL_ARGS, **model_args}
+
+
 def build_model(model_args):
     """The flow from its arguments (as stored in every checkpoint)."""
-    model_args = {**NEWER_MODEL_ARGS, **model_args}
+    model_args = complete_model_args(model_args)
     options = {"blocks": model_args["couplings"], "hidden": model_args["hidden"], "depth": model_args["depth"]}
     if model_args["model"] == "realnvp":
         options.update({name: model_args[name] for name in ("actnorm", "shuffle", "mixing", "dropout")})
@@ -445,7 +450,7 @@ def train(args, device):
 
     if args.resume:
         state = load_checkpoint(out / "latest.pt")
-        if {**NEWER_MODEL_ARGS, **state["model_args"]} != model_args:
+        if complete_model_args(state["model_args"]) != model_args:
             raise UsageError(f"{out / 'latest.pt'} holds a different model: {state['model_args']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

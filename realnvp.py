@@ -66,7 +66,8 @@ class RealNVP(CouplingFlow):
     actnorm: put an ActNorm (layers.py) before each block; call
     `layers.data_dependent_init` with a batch of data before training.
     shuffle: reorder the features by a fixed random permutation between blocks (logdet 0).
-    mixing: put a learned invertible linear map (`layers.LUMixing`) between blocks.
+    mixing: put a learned invertible linear map (`layers.LUMixing`) between blocks; it
+    starts as such a permutation and replaces it.
     """
 
     def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False, shuffle=False, mixing=False):
@@ -81,10 +82,10 @@ class RealNVP(CouplingFlow):
         couplings = []
         for index, (v, u, sv, su) in enumerate(zip(vNets, uNets, svNets, suNets)):
             generator = torch.Generator().manual_seed(index)  # the same model from the same arguments
-            if shuffle and index > 0:  # a fixed random order, so that each block splits the features anew
-                couplings.append(Permutation(torch.randperm(n, generator=generator)))
-            if mixing and index > 0:  # a learned rotation-like map, so that each block splits them along new directions
+            if mixing and index > 0:  # a learned linear map, so that each block splits along new directions
                 couplings.append(LUMixing(n, generator=generator))
+            elif shuffle and index > 0:  # a fixed random order, so that each block splits the features anew
+                couplings.append(Permutation(torch.randperm(n, generator=generator)))
             if actnorm:  # a per-feature affine map before each block, set from data (layers.py)
                 couplings.append(ActNorm(n))
             # F = f0 o f1: data to latent applies f1 (transforms y) first, then f0 (x).

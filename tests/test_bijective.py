@@ -10,7 +10,7 @@ import io
 import pytest
 import torch
 
-from flow import DiagonalScaling, Permutation, checkerboard_order, coupling_mlp
+from flow import Composite, CouplingFlow, DiagonalScaling, Permutation, checkerboard_order, coupling_mlp
 from layers import ActNorm, LUMixing
 from nice import NICE, AdditiveCoupling
 from realnvp import RealNVP, AffineCoupling
@@ -151,16 +151,23 @@ def test_permutation_gradient_matches_plain_indexing():
 
 
 @pytest.mark.parametrize("factory, shape", BIJECTIVES)
-def test_round_trip_with_bfloat16_nets(factory, shape):
-    # Mixed precision runs only the coupling nets in bfloat16: the inverse sees the same
-    # conditioning half, so the nets give the same outputs and the round trip stays
-    # exact to float32, with the log-dets still opposite.
+def test_each_layer_stays_exact_with_bfloat16_nets(factory, shape):
+    # Mixed precision runs only the coupling nets in bfloat16. Each layer's inverse sees
+    # the conditioning half its forward saw, so the nets give the same outputs and the
+    # layer's round trip stays exact to float32, with opposite log-dets. (Through a whole
+    # stack, the round-off of one layer's inverse can tip an input of an earlier net to
+    # the neighbouring bfloat16 value, so the stack is checked layer by layer.)
     module = randomized(factory, dtype=torch.float32)
-    x = torch.randn(6, *shape)
+    h = torch.randn(6, *shape)
+    if isinstance(module, CouplingFlow):  # its layers work on flattened samples
+        h = h.flatten(1)
+    layers = module.layers if isinstance(module, Composite) else [module]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        z, logdet = module(x)
-        x_back, inverse_logdet = module.inverse(z)
-    assert z.dtype == x_back.dtype == logdet.dtype == torch.float32
-    # float32 round-off grows with the magnitudes the random weights reach (|z| up to a few hundred).
-    assert (x_back - x).abs().max() <= 1e-5 * (1 + z.abs().max())
-    assert (logdet + inverse_logdet).abs().max() <= 1e-4 * (1 + logdet.abs().max())
+        for layer in layers:
+            out, logdet = layer(h)
+            h_back, inverse_logdet = layer.inverse(out)
+            assert out.dtype == h_back.dtype == logdet.dtype == torch.float32
+            # float32 round-off grows with the magnitudes the random weights reach.
+            assert (h_back - h).abs().max() <= 1e-5 * (1 + out.abs().max()), type(layer).__name__
+            assert (logdet + inverse_logdet).abs().max() <= 1e-4 * (1 + logdet.abs().max())
+            h = out
