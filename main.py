@@ -163,6 +163,15 @@ def complete_model_args(model_args):
     return {**NEWER_MODEL_ARGS, **model_args}
 
 
+def model_arguments(args):
+    """The model's arguments from the command line: what build_model takes and checkpoints store."""
+    realnvp = args.model == "realnvp"  # the other options are RealNVP's
+    return {"model": args.model, "shape": list(IMAGE_SHAPE), "couplings": args.couplings,
+            "hidden": args.hidden, "depth": args.depth, "alpha": args.alpha,
+            "actnorm": args.actnorm and realnvp, "shuffle": args.shuffle and realnvp,
+            "mixing": args.mixing and realnvp, "dropout": args.dropout if realnvp else 0.0}
+
+
 def build_model(model_args):
     """The flow from its arguments (as stored in every checkpoint)."""
     model_args = complete_model_args(model_args)
@@ -438,11 +447,7 @@ def train(args, device):
     writer = rank() == 0  # only the first process writes files and progress
 
     torch.manual_seed(args.seed)
-    realnvp = args.model == "realnvp"
-    model_args = {"model": args.model, "shape": list(IMAGE_SHAPE), "couplings": args.couplings,
-                  "hidden": args.hidden, "depth": args.depth, "alpha": args.alpha,
-                  "actnorm": args.actnorm and realnvp, "shuffle": args.shuffle and realnvp,
-                  "mixing": args.mixing and realnvp, "dropout": args.dropout if realnvp else 0.0}
+    model_args = model_arguments(args)
     model = build_model(model_args).to(device)
     optimizer = make_optimizer(model, args.lr)
     shuffle = torch.Generator().manual_seed(args.seed)  # the same order in every process
@@ -549,9 +554,6 @@ def train(args, device):
                 save_samples(model, out / f"samples_{epoch + 1:03d}.png", args.alpha, temperature=0.7)
                 say(f"epoch {epoch + 1}: train {train_bpd:.4f}  valid {valid_bpd:.4f}  test {test_bpd:.4f} bits/dim  "
                     f"({epoch_seconds:.0f} s, {metrics['samples_per_s']:.0f} img/s)")
-            if args.time_budget is not None and seconds >= args.time_budget:
-                say(f"time budget of {args.time_budget:.0f} s reached")
-                break
     except KeyboardInterrupt:
         # Keep the weights trained so far; the interrupted epoch counts as not done.
         if writer:

@@ -2,8 +2,9 @@
 
     python benchmarks/throughput.py                   # the defaults of main.py
     python benchmarks/throughput.py --batch-size 512 --repeats 7
+    python benchmarks/throughput.py --mixing --dropout 0.2   # any of main.py's model flags
 
-Prints, for the model and batch size main.py trains by default:
+Prints, for the model main.py trains with the same flags (by default, its default model):
 
   full step    dequantize, logit, logProbability, backward, clip, optimizer: main.py's own
                training step, in float32 and in mixed precision (coupling nets in bf16/fp16)
@@ -102,21 +103,19 @@ def main_benchmark(argv=None):
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16"], default="auto",
                         help="the mixed precision to compare with float32")
-    args = parser.parse_args(argv)
+    args, model_flags = parser.parse_known_args(argv)
 
-    defaults = main.parse_args([])
+    defaults = main.parse_args(model_flags)  # main.py's own parser: its defaults and checks
     args.batch_size = args.batch_size or defaults.batch_size
     args.lr = defaults.lr
     device = main.pick_device(args.device)
     low_precision = main.pick_precision(args.precision, device) or torch.bfloat16
-    model_args = {"model": "realnvp", "shape": list(main.IMAGE_SHAPE), "couplings": defaults.couplings,
-                  "hidden": defaults.hidden, "depth": defaults.depth, "alpha": defaults.alpha,
-                  "actnorm": defaults.actnorm, "shuffle": defaults.shuffle}
+    model_args = main.model_arguments(defaults)
     torch.manual_seed(0)
     images = [torch.randint(0, 256, (args.batch_size, *main.IMAGE_SHAPE), dtype=torch.uint8, device=device)
               for _ in range(4)]
-    print(f"RealNVP {defaults.couplings} blocks, hidden {defaults.hidden} x {defaults.depth}, batch {args.batch_size}, "
-          f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{model_args}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
 
     # Interleave the measurements so that a change in machine load hits all of them alike.
     figures = {"fp32_step": [], "mixed_step": [], "fp32_nets": [], "sampling": []}

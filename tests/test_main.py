@@ -133,7 +133,7 @@ def test_resume_continues_the_epoch_count(data_root, tmp_path):
     assert main.load_checkpoint(out / "latest.pt")["epoch"] == 3
 
 
-def test_checkpoints_from_before_the_newer_options_still_load(data_root, tmp_path, capsys):
+def test_checkpoints_from_before_the_newer_options_still_load(data_root, tmp_path):
     out = tmp_path / "run"
     assert run(data_root, out, "--epochs", "1") == 0
     state = main.load_checkpoint(out / "latest.pt")
