@@ -1,6 +1,7 @@
 """main.py end to end on a tiny synthetic MNIST, and the bits/dim formula against references."""
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -142,6 +143,24 @@ def test_checkpoints_from_before_the_newer_options_still_load(data_root, tmp_pat
     main.save_checkpoint(out / "latest.pt", state)
     assert run(data_root, out, "--epochs", "2", "--resume") == 0
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
+
+
+def test_time_budget_stops_mid_epoch_then_evaluates_and_saves(data_root, tmp_path, monkeypatch, capsys):
+    clock = iter(range(10_000))  # a clock that moves one second each time main.py reads it
+    monkeypatch.setattr(main, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "3", "--time-budget", "5") == 0
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1]
+    images_per_epoch = 300 - 30  # the fixture's training images, less the held-out tenth
+    assert metrics[0]["samples_per_s"] * metrics[0]["seconds"] < images_per_epoch  # stopped mid-epoch
+    printed = capsys.readouterr().out
+    assert printed.count("time budget of 5 s reached") == 1
+    assert printed.strip().splitlines()[-1] == f"final test bits/dim: {metrics[0]['test_bpd']:.4f}"
+    assert main.load_checkpoint(out / "latest.pt")["train_seconds"] >= 5
+    # Resuming a run whose budget is spent trains no more.
+    assert run(data_root, out, "--epochs", "3", "--time-budget", "5", "--resume") == 0
+    assert len(read_metrics(out)) == 1
 
 
 def test_same_seed_gives_identical_metrics(data_root, tmp_path):
