@@ -57,6 +57,7 @@ INIT_BATCH = 1000  # images that set the ActNorm layers before training
 VALIDATION_SIZE = 5000  # the last training images (at most a tenth), held out to choose the best checkpoint
 LOG_INTERVAL = 20  # steps between progress-bar updates
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run gives up
+MAX_GRAD_NORM = 100.0  # gradients are clipped to this norm
 CHECKPOINT_FORMAT = "flows-tutorial-checkpoint-v1"
 
 
@@ -245,6 +246,8 @@ def parse_args(argv=None):
                           help="stop training after this wall time, then evaluate and save as at an epoch's end")
     training.add_argument("--batch-size", type=int, default=256, help="images per gradient step")
     training.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (cosine decay to 0)")
+    training.add_argument("--weight-decay", type=float, default=0.0,
+                          help="decoupled weight decay (AdamW): each step shrinks every weight by lr * this")
     training.add_argument("--seed", type=int, default=0, help="random seed")
     training.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                           help="precision of the coupling nets in training (log-dets, prior and loss stay float32); "
@@ -282,6 +285,8 @@ def parse_args(argv=None):
         parser.error(f"--alpha must lie in (0, 0.5), got {args.alpha}")
     if not 0 <= args.dropout < 1:
         parser.error(f"--dropout must lie in [0, 1), got {args.dropout}")
+    if args.weight_decay < 0:
+        parser.error(f"--weight-decay must be zero or more, got {args.weight_decay}")
     if not args.lr > 0 or min(args.temperature) <= 0:
         parser.error("--lr and --temperature must be positive")
     if args.eval and args.sample:
@@ -361,11 +366,6 @@ def reduce(tensor, op=dist.ReduceOp.SUM):
     return tensor
 
 
-def any_process(flag):
-    """True when the boolean tensor `flag` is true in any process."""
-    return bool(reduce(flag.to(torch.int32), dist.ReduceOp.MAX))
-
-
 def say(*message):
     """print, from the first process only."""
     if rank() == 0:
@@ -383,10 +383,11 @@ def learning_rate(args, progress):
     return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
-def make_optimizer(model, lr):
-    """Adam; its fused kernel (one pass over the weights) where the device has one."""
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
+def make_optimizer(model, lr, weight_decay=0.0):
+    """Adam with decoupled weight decay (AdamW: w <- w - lr * (adam_step + weight_decay * w);
+    plain Adam when weight_decay is 0), in its fused kernel: one pass over the weights,
+    inside which `make_training_step` also clips and skips."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
 class NegativeLogLikelihood(nn.Module):
@@ -407,33 +408,83 @@ class NegativeLogLikelihood(nn.Module):
 def make_training_step(model, optimizer, alpha, low_precision=None):
     """A function batch -> loss that does one step of gradient descent on -mean log p(v).
 
-    The coupling nets run in `low_precision` (autocast) when it is given. A non-finite
-    loss never reaches the weights: the step is skipped (by every process, when one
-    of them sees it) and None returned.
+    The coupling nets run in `low_precision` (autocast) when it is given. The gradients
+    are clipped to norm MAX_GRAD_NORM, and a step whose gradients are not finite never
+    reaches the weights or Adam's moments. Both happen inside the fused Adam kernel, so
+    the step reads the gradients once for their norm, never rescales them in a pass of
+    its own, and never waits for the device. The loss comes back as a tensor on the
+    device (not finite when the step was skipped).
     """
-    device_type = next(model.parameters()).device.type
-    autocast = torch.autocast(device_type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
-    # float16 needs its gradients scaled so that they do not underflow; bfloat16 does not.
-    scaler = torch.amp.GradScaler(device_type, enabled=low_precision == torch.float16)
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    # float16 gradients underflow unless the loss is scaled up: start at 2^16, halve the
+    # scale after a non-finite step, double it after 2000 good ones. Other precisions keep 1.
+    float16 = low_precision == torch.float16
+    loss_scale = torch.tensor(2.0**16 if float16 else 1.0, device=device)
+    good_steps = torch.zeros((), device=device)
     objective = NegativeLogLikelihood(model, alpha)
     if dist.is_initialized():
         # Broadcasts rank 0's weights once, then averages the gradients; the buffers are constants.
+        # Every process then sees the same gradients, so all clip and skip alike.
         objective = DistributedDataParallel(objective, broadcast_buffers=False)
 
     def step(batch):
+        nonlocal loss_scale, good_steps
         with autocast:
             loss = objective(batch)
-        if any_process(~torch.isfinite(loss)):
-            return None
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=100.0)
-        scaler.step(optimizer)
-        scaler.update()
+        (loss * loss_scale).backward()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters]) / loss_scale
+        finite = torch.isfinite(norm)
+        # Fused Adam divides each gradient by `grad_scale` and skips the whole step where
+        # `found_inf` is 1: the interface torch.amp.GradScaler drives it through.
+        optimizer.grad_scale = loss_scale * torch.clamp(norm / MAX_GRAD_NORM, min=1)
+        optimizer.found_inf = (~finite).float()
+        optimizer.step()
+        del optimizer.grad_scale, optimizer.found_inf
+        if float16:
+            good_steps = torch.where(finite, good_steps + 1, 0)
+            grow = good_steps >= 2000
+            loss_scale = torch.where(finite, torch.where(grow, 2 * loss_scale, loss_scale), loss_scale / 2)
+            good_steps = torch.where(grow, 0, good_steps)
         return loss.detach()
 
     return step
+
+
+class TrainingLosses:
+    """The training losses, summed on the device so that a step costs no host sync.
+
+    `read()` syncs once, at log intervals. Non-finite losses (skipped steps) stay out of
+    the sums and are counted in a streak instead, which goes on across epochs.
+    """
+
+    def __init__(self, device):
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of finite losses, their number]
+        self.streak = torch.zeros((), dtype=torch.float64, device=device)  # non-finite losses in a row
+        self.longest_streak = torch.zeros_like(self.streak)
+        self.sums_at_read, self.sums_at_epoch_start = self.sums.cpu(), self.sums.clone()
+
+    def add(self, loss):
+        finite = torch.isfinite(loss)
+        self.sums += torch.stack([torch.where(finite, loss.double(), 0.0), finite.double()])
+        self.streak = torch.where(finite, 0.0, self.streak + 1)
+        self.longest_streak = torch.maximum(self.longest_streak, self.streak)
+
+    def read(self):
+        """(mean finite loss since the last read, longest streak in any process so far): one host sync."""
+        longest = reduce(self.longest_streak.clone(), dist.ReduceOp.MAX)
+        sums, longest = torch.cat([self.sums, longest.view(1)]).cpu().split(2)
+        loss_sum, count = (sums - self.sums_at_read).tolist()
+        self.sums_at_read = sums
+        return loss_sum / count if count else math.nan, int(longest)
+
+    def epoch_mean(self):
+        """The mean finite loss since the last call (or the start) over all processes."""
+        loss_sum, count = reduce(self.sums - self.sums_at_epoch_start).tolist()
+        self.sums_at_epoch_start = self.sums.clone()
+        return loss_sum / count if count else math.nan
 
 
 def train(args, device):
@@ -449,7 +500,7 @@ def train(args, device):
     torch.manual_seed(args.seed)
     model_args = model_arguments(args)
     model = build_model(model_args).to(device)
-    optimizer = make_optimizer(model, args.lr)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
     shuffle = torch.Generator().manual_seed(args.seed)  # the same order in every process
     start_epoch, best_valid, seconds_before = 0, math.inf, 0.0
 
@@ -458,7 +509,10 @@ def train(args, device):
         if complete_model_args(state["model_args"]) != model_args:
             raise UsageError(f"{out / 'latest.pt'} holds a different model: {state['model_args']}")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+        optimizer.load_state_dict(state["optimizer"])  # Adam's moments from the checkpoint,
+        for group, setting in zip(optimizer.param_groups, settings):  # its settings from this run's flags
+            group.update(setting)
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -497,7 +551,8 @@ def train(args, device):
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "best_valid_bpd": best_valid, "train_seconds": seconds}
 
-    epoch, test_bpd, bad_steps, seconds = start_epoch, None, 0, seconds_before
+    epoch, test_bpd, seconds = start_epoch, None, seconds_before
+    losses = TrainingLosses(device)
     try:
         for epoch in range(start_epoch, args.epochs):
             if args.time_budget is not None and train_seconds() >= args.time_budget:
@@ -507,7 +562,7 @@ def train(args, device):
             order = torch.randperm(len(train_images), generator=shuffle)[rank() :: world_size()][:shard].to(device)
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, unit="step",
                        dynamic_ncols=True, mininterval=1.0, disable=not writer)
-            bpd_sum, bpd_count, recent_bpd = 0.0, 0, []  # recent: the mean over the last log interval
+            steps_run = 0
             for step_in_epoch in bar:
                 step = epoch * steps_per_epoch + step_in_epoch
                 progress = step / max(total_steps, 1)  # 0 to 1, by steps or by the time budget
@@ -519,32 +574,26 @@ def train(args, device):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(args, progress)
                 batch = train_images[order[step_in_epoch * args.batch_size : (step_in_epoch + 1) * args.batch_size]]
-                loss = training_step(batch)
-                if loss is None:
-                    bad_steps += 1
-                    if bad_steps >= MAX_BAD_STEPS:
-                        raise TrainingDiverged(f"{bad_steps} non-finite losses in a row; lower --lr and try again")
-                    continue
-                bad_steps = 0
-                step_bpd = loss.item() / (D * math.log(2)) + 8
-                bpd_sum, bpd_count = bpd_sum + step_bpd, bpd_count + 1
-                recent_bpd.append(step_bpd)
-                if len(recent_bpd) == LOG_INTERVAL:
-                    rate = bpd_count * args.batch_size * world_size() / (time.monotonic() - epoch_started)
-                    bar.set_postfix(bpd=f"{sum(recent_bpd) / len(recent_bpd):.3f}", img_s=f"{rate:.0f}")
-                    recent_bpd = []
+                losses.add(training_step(batch))
+                steps_run += 1
+                if steps_run % LOG_INTERVAL == 0 or steps_run == steps_per_epoch:
+                    recent_loss, bad_streak = losses.read()
+                    if bad_streak >= MAX_BAD_STEPS:
+                        raise TrainingDiverged(f"{bad_streak} non-finite losses in a row; lower --lr and try again")
+                    rate = steps_run * args.batch_size * world_size() / (time.monotonic() - epoch_started)
+                    bar.set_postfix(bpd=f"{bits_per_dim(-recent_loss):.3f}", img_s=f"{rate:.0f}")
             bar.close()
             epoch_seconds = time.monotonic() - epoch_started
             seconds = train_seconds()
             valid_bpd = evaluate(model, valid_images, args.alpha, device)
             test_bpd = evaluate(model, test_images, args.alpha, device)
-            train_bpd = reduce(torch.tensor(bpd_sum / max(bpd_count, 1), device=device)).item() / world_size()
+            train_bpd = bits_per_dim(-losses.epoch_mean())
             improved = math.isfinite(valid_bpd) and valid_bpd < best_valid
             best_valid = valid_bpd if improved else best_valid
             if writer:
                 metrics = {"epoch": epoch + 1, "train_bpd": train_bpd, "valid_bpd": valid_bpd, "test_bpd": test_bpd,
                            "seconds": round(epoch_seconds, 2),
-                           "samples_per_s": round(bpd_count * args.batch_size * world_size() / epoch_seconds, 1)}
+                           "samples_per_s": round(steps_run * args.batch_size * world_size() / epoch_seconds, 1)}
                 # Checkpoints first: a crash in between can lose this metrics line, never write it twice.
                 if improved:
                     save_checkpoint(out / "best.pt", checkpoint(epoch + 1, seconds))

@@ -29,6 +29,11 @@ def read_metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def tiny_flow():
+    return main.build_model({"model": "realnvp", "shape": [1, 28, 28], "couplings": 1, "hidden": 16, "depth": 1,
+                             "alpha": 1e-6, "actnorm": True, "shuffle": True})
+
+
 def last_line(capsys):
     return capsys.readouterr().out.strip().splitlines()[-1]
 
@@ -134,6 +139,24 @@ def test_resume_continues_the_epoch_count(data_root, tmp_path):
     assert main.load_checkpoint(out / "latest.pt")["epoch"] == 3
 
 
+def test_resume_takes_the_optimizer_settings_from_this_runs_flags(data_root, tmp_path):
+    out = tmp_path / "run"
+    assert run(data_root, out, "--epochs", "1", "--weight-decay", "0.5") == 0
+    assert main.load_checkpoint(out / "latest.pt")["optimizer"]["param_groups"][0]["weight_decay"] == 0.5
+    assert run(data_root, out, "--epochs", "2", "--resume") == 0
+    state = main.load_checkpoint(out / "latest.pt")
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
+    assert all(adam["step"] == 2 * 6 for adam in state["optimizer"]["state"].values())  # moments carried on
+
+
+def test_weight_decay_shrinks_a_weight_with_no_gradient_by_lr_times_decay():
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = main.make_optimizer(torch.nn.ParameterList([weight]), lr=0.1, weight_decay=0.5)
+    weight.grad = torch.zeros(3)
+    optimizer.step()
+    assert torch.allclose(weight, torch.full((3,), 1 - 0.1 * 0.5))
+
+
 def test_checkpoints_from_before_the_newer_options_still_load(data_root, tmp_path):
     out = tmp_path / "run"
     assert run(data_root, out, "--epochs", "1") == 0
@@ -192,8 +215,7 @@ def test_sample_writes_a_grid(data_root, tmp_path, capsys):
 
 def test_interpolation_starts_and_ends_at_the_two_digits(data_root):
     torch.manual_seed(0)
-    model = main.build_model({"model": "realnvp", "shape": [1, 28, 28], "couplings": 1, "hidden": 16, "depth": 1,
-                              "alpha": 1e-6, "actnorm": True, "shuffle": True})
+    model = tiny_flow()
     images = main.get_data(main.parse_args(["--data", str(data_root)]), "test")[:4]
     captured = {}
     with pytest.MonkeyPatch.context() as patch:
@@ -228,15 +250,70 @@ def test_non_finite_losses_never_reach_the_weights(data_root, tmp_path, monkeypa
 
 
 def test_a_run_that_keeps_diverging_stops_with_a_message(data_root, tmp_path, monkeypatch, capsys):
+    real_log_density = main.log_density
     monkeypatch.setattr(main, "log_density", lambda model, images, alpha, generator=None:
-                        torch.full((len(images),), math.nan))
+                        real_log_density(model, images, alpha, generator) * (math.nan if model.training else 1))
     out = tmp_path / "run"
     assert run(data_root, out, "--epochs", "30") == 1
     assert "non-finite losses in a row" in capsys.readouterr().err
     # Epochs that ended before the run gave up saved weights that no optimizer step touched.
     state = main.load_checkpoint(out / "latest.pt")
-    assert state["optimizer"]["state"] == {}
+    assert all(adam["step"] == 0 and not adam["exp_avg"].any() for adam in state["optimizer"]["state"].values())
     assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6], ids=["clipped", "not-clipped"])
+def test_training_step_matches_clipping_then_adamw_by_hand(data_root, monkeypatch, max_norm):
+    """The clip and skip that happen inside the fused kernel, against torch's own clip_grad_norm_ and plain AdamW."""
+    monkeypatch.setattr(main, "MAX_GRAD_NORM", max_norm)
+    torch.manual_seed(0)
+    model = tiny_flow()
+    reference = tiny_flow()
+    reference.load_state_dict(model.state_dict())
+    step = main.make_training_step(model, main.make_optimizer(model, lr=1e-2, weight_decay=0.3), 1e-6)
+    reference_adam = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.3, foreach=False)
+    images = main.get_data(main.parse_args(["--data", str(data_root)]), "train")[:50]
+    for seed in range(3):
+        torch.manual_seed(seed)  # the same dequantization noise for both
+        step(images)
+        torch.manual_seed(seed)
+        reference_adam.zero_grad()
+        main.NegativeLogLikelihood(reference, 1e-6)(images).backward()
+        norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+        reference_adam.step()
+    assert (norm > max_norm) == (max_norm < 1)  # the clip really acted, or really did not
+    for mine, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_a_step_with_a_finite_loss_but_non_finite_gradients_is_skipped(data_root, monkeypatch, precision):
+    real_log_density = main.log_density
+
+    def nan_gradients(model, images, alpha, generator=None):
+        result = real_log_density(model, images, alpha, generator)
+        return result + torch.sqrt(0 * result)  # adds 0, but d sqrt(0 * r)/dr = 0 / 0
+
+    model = tiny_flow()
+    optimizer = main.make_optimizer(model, lr=1e-3, weight_decay=0.5)  # decay alone would move the weights
+    step = main.make_training_step(model, optimizer, 1e-6, precision)
+    images = main.get_data(main.parse_args(["--data", str(data_root)]), "train")[:50]
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+
+    with monkeypatch.context() as patch:
+        patch.setattr(main, "log_density", nan_gradients)
+        assert torch.isfinite(step(images))
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert all(adam["step"] == 0 for adam in optimizer.state.values())
+
+    # Healthy steps afterwards do update them (float16 first halves its loss scale of 2^16
+    # until the gradients fit, skipping a few more steps).
+    for _ in range(20):
+        step(images)
+        if not all(torch.equal(before[name], value) for name, value in model.state_dict().items()):
+            break
+    assert not all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert all(adam["step"] == 1 for adam in optimizer.state.values())
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint(data_root, tmp_path, monkeypatch):
@@ -282,6 +359,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
     (["--device", "tpu"], "invalid choice"),
     (["--hidden", "0"], "--hidden must be positive"),
     (["--dropout", "1"], "--dropout must lie in [0, 1)"),
+    (["--weight-decay", "-1"], "--weight-decay must be zero or more"),
 ])
 def test_bad_flags_exit_with_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
