@@ -55,9 +55,10 @@ EVAL_NOISE_SEED = 1234  # dequantization noise for evaluation: the same figure e
 EVAL_BATCH = 1000
 INIT_BATCH = 1000  # images that set the ActNorm layers before training
 VALIDATION_SIZE = 5000  # the last training images (at most a tenth), held out to choose the best checkpoint
-LOG_INTERVAL = 20  # steps between progress-bar updates
-MAX_BAD_STEPS = 20  # consecutive non-finite losses before the run gives up
+LOG_INTERVAL = 20  # steps between reads of the losses (progress bar, divergence) and of the clock (time budget)
+MAX_BAD_STEPS = 20  # skipped steps in a row (non-finite loss or gradients) before the run gives up
 MAX_GRAD_NORM = 100.0  # gradients are clipped to this norm
+FLOAT16_LOSS_SCALE, FLOAT16_GROWTH_INTERVAL = 2.0**16, 2000  # --precision fp16: the loss scale at the start, steps between doublings
 CHECKPOINT_FORMAT = "flows-tutorial-checkpoint-v1"
 
 
@@ -247,7 +248,8 @@ def parse_args(argv=None):
     training.add_argument("--batch-size", type=int, default=256, help="images per gradient step")
     training.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (cosine decay to 0)")
     training.add_argument("--weight-decay", type=float, default=0.0,
-                          help="decoupled weight decay (AdamW): each step shrinks every weight by lr * this")
+                          help="decoupled weight decay (AdamW): each step also multiplies every parameter "
+                               "(coupling nets, ActNorm, LU mixing) by 1 - lr * this")
     training.add_argument("--seed", type=int, default=0, help="random seed")
     training.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                           help="precision of the coupling nets in training (log-dets, prior and loss stay float32); "
@@ -409,19 +411,19 @@ def make_training_step(model, optimizer, alpha, low_precision=None):
     """A function batch -> loss that does one step of gradient descent on -mean log p(v).
 
     The coupling nets run in `low_precision` (autocast) when it is given. The gradients
-    are clipped to norm MAX_GRAD_NORM, and a step whose gradients are not finite never
-    reaches the weights or Adam's moments. Both happen inside the fused Adam kernel, so
-    the step reads the gradients once for their norm, never rescales them in a pass of
-    its own, and never waits for the device. The loss comes back as a tensor on the
-    device (not finite when the step was skipped).
+    are clipped to norm MAX_GRAD_NORM, and a step whose loss or gradients are not finite
+    never reaches the weights or Adam's moments. Both happen inside the fused Adam
+    kernel, so the step reads the gradients once for their norm, never rescales them in
+    a pass of its own, and never waits for the device. The loss comes back as a tensor
+    on the device, NaN when the step was skipped.
     """
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
     parameters = [p for p in model.parameters() if p.requires_grad]
     # float16 gradients underflow unless the loss is scaled up: start at 2^16, halve the
-    # scale after a non-finite step, double it after 2000 good ones. Other precisions keep 1.
+    # scale after a skipped step, double it after 2000 good ones. Other precisions keep 1.
     float16 = low_precision == torch.float16
-    loss_scale = torch.tensor(2.0**16 if float16 else 1.0, device=device)
+    loss_scale = torch.tensor(FLOAT16_LOSS_SCALE if float16 else 1.0, device=device)
     good_steps = torch.zeros((), device=device)
     objective = NegativeLogLikelihood(model, alpha)
     if dist.is_initialized():
@@ -434,21 +436,24 @@ def make_training_step(model, optimizer, alpha, low_precision=None):
         with autocast:
             loss = objective(batch)
         optimizer.zero_grad(set_to_none=True)
-        (loss * loss_scale).backward()
-        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters]) / loss_scale
+        # A non-finite loss makes every gradient NaN, in every process, so all skip the step.
+        (loss * torch.where(torch.isfinite(loss), loss_scale, math.nan)).backward()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]) / loss_scale
         finite = torch.isfinite(norm)
         # Fused Adam divides each gradient by `grad_scale` and skips the whole step where
         # `found_inf` is 1: the interface torch.amp.GradScaler drives it through.
-        optimizer.grad_scale = loss_scale * torch.clamp(norm / MAX_GRAD_NORM, min=1)
+        optimizer.grad_scale = (loss_scale * torch.clamp(norm / MAX_GRAD_NORM, min=1)).float()
         optimizer.found_inf = (~finite).float()
-        optimizer.step()
-        del optimizer.grad_scale, optimizer.found_inf
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
         if float16:
             good_steps = torch.where(finite, good_steps + 1, 0)
-            grow = good_steps >= 2000
-            loss_scale = torch.where(finite, torch.where(grow, 2 * loss_scale, loss_scale), loss_scale / 2)
+            grow = good_steps == FLOAT16_GROWTH_INTERVAL
+            loss_scale = loss_scale * torch.where(grow, 2.0, torch.where(finite, 1.0, 0.5))
             good_steps = torch.where(grow, 0, good_steps)
-        return loss.detach()
+        return torch.where(finite, loss.detach(), math.nan)
 
     return step
 
@@ -456,15 +461,16 @@ def make_training_step(model, optimizer, alpha, low_precision=None):
 class TrainingLosses:
     """The training losses, summed on the device so that a step costs no host sync.
 
-    `read()` syncs once, at log intervals. Non-finite losses (skipped steps) stay out of
-    the sums and are counted in a streak instead, which goes on across epochs.
+    `read()` syncs once, every LOG_INTERVAL steps. The NaN losses of skipped steps stay
+    out of the sums and are counted in a streak instead, which goes on across epochs.
     """
 
     def __init__(self, device):
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of finite losses, their number]
-        self.streak = torch.zeros((), dtype=torch.float64, device=device)  # non-finite losses in a row
+        self.streak = torch.zeros((), dtype=torch.float64, device=device)  # skipped steps in a row
         self.longest_streak = torch.zeros_like(self.streak)
-        self.sums_at_read, self.sums_at_epoch_start = self.sums.cpu(), self.sums.clone()
+        self.sums_at_read = torch.zeros(2, dtype=torch.float64)  # on the host, where read() compares
+        self.sums_at_epoch_start = self.sums.clone()  # on the device, where epoch_mean() reduces
 
     def add(self, loss):
         finite = torch.isfinite(loss)
@@ -475,7 +481,7 @@ class TrainingLosses:
     def read(self):
         """(mean finite loss since the last read, longest streak in any process so far): one host sync."""
         longest = reduce(self.longest_streak.clone(), dist.ReduceOp.MAX)
-        sums, longest = torch.cat([self.sums, longest.view(1)]).cpu().split(2)
+        sums, longest = torch.cat([self.sums, longest.view(1)]).cpu().split([2, 1])
         loss_sum, count = (sums - self.sums_at_read).tolist()
         self.sums_at_read = sums
         return loss_sum / count if count else math.nan, int(longest)
@@ -566,10 +572,7 @@ def train(args, device):
             for step_in_epoch in bar:
                 step = epoch * steps_per_epoch + step_in_epoch
                 progress = step / max(total_steps, 1)  # 0 to 1, by steps or by the time budget
-                if args.time_budget is not None:  # (the clock costs a collective under torchrun)
-                    seconds = train_seconds()
-                    if seconds >= args.time_budget:
-                        break
+                if args.time_budget is not None:  # by the clock as last read
                     progress = max(progress, seconds / args.time_budget)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(args, progress)
@@ -579,9 +582,14 @@ def train(args, device):
                 if steps_run % LOG_INTERVAL == 0 or steps_run == steps_per_epoch:
                     recent_loss, bad_streak = losses.read()
                     if bad_streak >= MAX_BAD_STEPS:
-                        raise TrainingDiverged(f"{bad_streak} non-finite losses in a row; lower --lr and try again")
+                        raise TrainingDiverged(f"{bad_streak} steps in a row had a non-finite loss or gradients; "
+                                               "lower --lr and try again")
                     rate = steps_run * args.batch_size * world_size() / (time.monotonic() - epoch_started)
                     bar.set_postfix(bpd=f"{bits_per_dim(-recent_loss):.3f}", img_s=f"{rate:.0f}")
+                    if args.time_budget is not None:  # (the clock costs a collective under torchrun)
+                        seconds = train_seconds()
+                        if seconds >= args.time_budget:
+                            break
             bar.close()
             epoch_seconds = time.monotonic() - epoch_started
             seconds = train_seconds()
