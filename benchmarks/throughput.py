@@ -1,22 +1,27 @@
 """Training throughput of the default MNIST RealNVP, against the compute floor of its nets.
 
     python benchmarks/throughput.py                   # the defaults of main.py
+    python benchmarks/throughput.py --compile         # main.py's step under torch.compile
     python benchmarks/throughput.py --batch-size 512 --repeats 7
-    python benchmarks/throughput.py --mixing --dropout 0.2   # any of main.py's model flags
+    python benchmarks/throughput.py --mixing --dropout 0.2   # any of main.py's model and training flags
 
 Prints, for the model main.py trains with the same flags (by default, its default model):
 
   full step    dequantize, logit, logProbability, backward, clip, optimizer: main.py's own
                training step, in float32 and in mixed precision (coupling nets in bf16/fp16)
   nets alone   the same coupling MLPs, forward + backward + optimizer on random tensors of
-               the same shapes, in float32: what the step would cost with no flow around it
+               the shapes they see in the flow: what the step would cost with no flow
+               around it (the compute floor), in float32 and in the mixed precision
   sampling     samples/s of model.sample under inference_mode
-  memory       peak resident memory (CPU) or peak allocated memory (CUDA)
+  memory       peak resident memory (CPU) or peak allocated memory (CUDA) of the float32 step
 
-Every figure is the median over --repeats timed runs of --steps steps each, all measured
-in one run, so the ratios hold even on a shared, noisy machine. The last line is JSON.
+Every figure is the median over --repeats timings of --steps steps each. All are measured
+in one run, interleaved, after one warm-up each (which also compiles, with --compile), so
+that a change in the machine's load hits them alike and the ratios hold even on a shared,
+noisy machine. The last line is JSON.
 """
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -36,57 +41,71 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def median_rate(run_steps, batch_size, steps, repeats, device):
-    """Median samples/s of `run_steps(steps)` over `repeats` timings, after one warm-up."""
-    run_steps(2)
-    rates = []
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        run_steps(steps)
-        synchronize(device)
-        rates.append(batch_size * steps / (time.perf_counter() - started))
-    return statistics.median(rates)
+def rate(run, batch_size, steps, device):
+    """Samples/s of one call run(steps)."""
+    synchronize(device)
+    started = time.perf_counter()
+    run(steps)
+    synchronize(device)
+    return batch_size * steps / (time.perf_counter() - started)
 
 
-def full_step_rate(args, model_args, device, low_precision, images, repeats):
+def full_step(flags, model_args, device, low_precision, images):
+    """main.py's training step on a freshly built model: returns (run(steps), the model)."""
     torch.manual_seed(0)
     model = main.build_model(model_args).to(device)
-    optimizer = main.make_optimizer(model, args.lr)
-    step = main.make_training_step(model, optimizer, model_args["alpha"], low_precision)
+    optimizer = main.make_optimizer(model, flags.lr, flags.weight_decay)
+    step = main.make_training_step(model, optimizer, model_args["alpha"], low_precision, flags.compile)
 
     def run(steps):
         for i in range(steps):
             step(images[i % len(images)])
 
-    return median_rate(run, args.batch_size, args.steps, repeats, device), model
+    return run, model
 
 
-def nets_alone_rate(args, model, device, repeats):
-    """The coupling MLPs of `model` trained on random inputs of the shapes they see in the flow."""
+def nets_alone(flags, model, alpha, device, low_precision, images):
+    """The coupling MLPs of `model` trained alone, on random tensors of the shapes they see in the flow.
+
+    Each net gets what it gets inside the flow's step and nothing more: an input of the
+    same shape that needs a gradient exactly when it does in the flow (all but the nets
+    that read the data itself), a ready-made gradient for its output in place of the
+    flow's backward, and the same fused Adam. With `low_precision`, under the same autocast.
+    The nets are a copy, so that training them leaves `model` as it was.
+    """
+    model = copy.deepcopy(model)
     nets = [m for m in model.modules() if isinstance(m, MLP)]
-    optimizer = main.make_optimizer(torch.nn.ModuleList(nets), args.lr)
-    inputs = [torch.randn(args.batch_size, net.shapes[0], device=device) for net in nets]
+    seen = {}  # net -> its input in one forward pass of the flow
+    hooks = [net.register_forward_pre_hook(lambda net, inputs: seen.setdefault(net, inputs[0])) for net in nets]
+    main.log_density(model, images[0], alpha)
+    for hook in hooks:
+        hook.remove()
+    inputs = [torch.randn_like(seen[net]).requires_grad_(seen[net].requires_grad) for net in nets]
+    autocast = torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
+    with autocast:
+        output_grads = [torch.randn_like(net(x)) for net, x in zip(nets, inputs)]  # in the nets' output dtype
+    optimizer = main.make_optimizer(torch.nn.ModuleList(nets), flags.lr, flags.weight_decay)
 
     def run(steps):
         for _ in range(steps):
-            loss = sum(net(x).square().mean() for net, x in zip(nets, inputs))
+            with autocast:
+                outputs = [net(x) for net, x in zip(nets, inputs)]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for x in inputs:
+                x.grad = None
+            torch.autograd.backward(outputs, output_grads)
             optimizer.step()
 
-    return median_rate(run, args.batch_size, args.steps, repeats, device)
+    return run
 
 
-def sampling_rate(args, model, device, repeats):
-    model.eval()
-
-    @torch.inference_mode()
+def sampling(model, batch_size):
     def run(steps):
-        for _ in range(steps):
-            model.sample(args.batch_size)
+        with main.inference(model):
+            for _ in range(steps):
+                model.sample(batch_size)
 
-    return median_rate(run, args.batch_size, args.steps, repeats, device)
+    return run
 
 
 def peak_memory_mb(device):
@@ -97,48 +116,61 @@ def peak_memory_mb(device):
 
 def main_benchmark(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: main.py's")
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=5, help="timings per figure (the median is reported)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp16"], default="auto",
-                        help="the mixed precision to compare with float32")
-    args, model_flags = parser.parse_known_args(argv)
+    parser.add_argument("--mixed", choices=["auto", "bf16", "fp16"], default="auto",
+                        help="the mixed precision to compare with float32 (auto: as main.py's --precision auto, "
+                             "bf16 where that is float32)")
+    args, main_flags = parser.parse_known_args(argv)
+    if args.steps <= 0 or args.repeats <= 0:
+        parser.error("--steps and --repeats must be positive")
 
-    defaults = main.parse_args(model_flags)  # main.py's own parser: its defaults and checks
-    args.batch_size = args.batch_size or defaults.batch_size
-    args.lr = defaults.lr
-    device = main.pick_device(args.device)
-    low_precision = main.pick_precision(args.precision, device) or torch.bfloat16
-    model_args = main.model_arguments(defaults)
+    flags = main.parse_args(main_flags)  # main.py's own parser: its defaults and checks
+    device = main.pick_device(flags.device)
+    low_precision = main.pick_precision(args.mixed, device) or torch.bfloat16
+    model_args = main.model_arguments(flags)
     torch.manual_seed(0)
-    images = [torch.randint(0, 256, (args.batch_size, *main.IMAGE_SHAPE), dtype=torch.uint8, device=device)
+    images = [torch.randint(0, 256, (flags.batch_size, *main.IMAGE_SHAPE), dtype=torch.uint8, device=device)
               for _ in range(4)]
-    print(f"{model_args}, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+    print(f"{model_args}, batch {flags.batch_size}, {device}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}{', compiled step' if flags.compile else ''}")
 
-    # Interleave the measurements so that a change in machine load hits all of them alike.
-    figures = {"fp32_step": [], "mixed_step": [], "fp32_nets": [], "sampling": []}
+    fp32_step, model = full_step(flags, model_args, device, None, images)
+    fp32_step(2)  # warm-up; the float32 step's memory is measured before anything else is built
+    memory = peak_memory_mb(device)
+    runs = {"fp32_step": fp32_step,
+            "mixed_step": full_step(flags, model_args, device, low_precision, images)[0],
+            "fp32_nets": nets_alone(flags, model, model_args["alpha"], device, None, images),
+            "mixed_nets": nets_alone(flags, model, model_args["alpha"], device, low_precision, images),
+            "sampling": sampling(model, flags.batch_size)}
+    for run in runs.values():
+        run(2)
+    figures = {name: [] for name in runs}
     for _ in range(args.repeats):
-        rate, model = full_step_rate(args, model_args, device, None, images, 1)
-        figures["fp32_step"].append(rate)
-        figures["fp32_nets"].append(nets_alone_rate(args, model, device, 1))
-        figures["sampling"].append(sampling_rate(args, model, device, 1))
-        figures["mixed_step"].append(full_step_rate(args, model_args, device, low_precision, images, 1)[0])
+        for name, run in runs.items():
+            figures[name].append(rate(run, flags.batch_size, args.steps, device))
+
     result = {name: round(statistics.median(values), 1) for name, values in figures.items()}
     result["fp32_step_over_nets"] = round(result["fp32_step"] / result["fp32_nets"], 3)
+    result["mixed_step_over_nets"] = round(result["mixed_step"] / result["mixed_nets"], 3)
     result["mixed_over_fp32_step"] = round(result["mixed_step"] / result["fp32_step"], 3)
+    result["mixed_over_fp32_nets"] = round(result["mixed_nets"] / result["fp32_nets"], 3)
     result["mixed_precision"] = str(low_precision).removeprefix("torch.")
-    result["peak_memory_mb"] = round(peak_memory_mb(device), 1)
-    result["batch_size"] = args.batch_size
+    result["peak_memory_mb"] = round(memory, 1)
+    result["batch_size"] = flags.batch_size
+    result["compiled"] = flags.compile
 
-    print(f"full step, float32:            {result['fp32_step']:8.1f} samples/s")
-    print(f"full step, {result['mixed_precision']:>8}:           {result['mixed_step']:8.1f} samples/s")
-    print(f"coupling nets alone, float32:  {result['fp32_nets']:8.1f} samples/s  (the compute floor)")
-    print(f"sampling:                      {result['sampling']:8.1f} samples/s")
-    print(f"full fp32 step / nets alone:   {result['fp32_step_over_nets']:.3f}  (target >= 0.95)")
-    print(f"mixed / fp32 full step:        {result['mixed_over_fp32_step']:.3f}  (target >= 2.0)")
-    print(f"peak memory:                   {result['peak_memory_mb']:.0f} MB")
+    mixed = result["mixed_precision"]
+    print(f"full step, float32:              {result['fp32_step']:8.1f} samples/s")
+    print(f"full step, {mixed:>8}:             {result['mixed_step']:8.1f} samples/s")
+    print(f"coupling nets alone, float32:    {result['fp32_nets']:8.1f} samples/s  (the compute floor)")
+    print(f"coupling nets alone, {mixed:>8}:   {result['mixed_nets']:8.1f} samples/s  (its floor)")
+    print(f"sampling:                        {result['sampling']:8.1f} samples/s")
+    print(f"full float32 step / nets alone:  {result['fp32_step_over_nets']:.3f}  (target >= 0.95)")
+    print(f"full {mixed} step / nets alone: {result['mixed_step_over_nets']:.3f}")
+    print(f"mixed / float32 full step:       {result['mixed_over_fp32_step']:.3f}  (target >= 2.0)")
+    print(f"mixed / float32 nets alone:      {result['mixed_over_fp32_nets']:.3f}  (what the nets themselves gain)")
+    print(f"peak memory, float32 step:       {result['peak_memory_mb']:.0f} MB")
     print(json.dumps(result))
 
 
