@@ -256,7 +256,7 @@ def parse_args(argv=None):
                                "auto picks bf16 where the CPU or GPU runs it fast, else fp32")
     training.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                           help="compile the training loss with torch.compile: the element-wise work around the "
-                               "coupling nets fuses, for faster steps after about 30 s of compiling "
+                               "coupling nets fuses, for faster steps after up to a minute of compiling "
                                "(on a CPU it needs a C++ compiler)")
     training.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                           help="auto picks cuda, then mps, then cpu")
@@ -552,7 +552,7 @@ def train(args, device):
         f"{f' x {world_size()} processes' if world_size() > 1 else ''}, coupling nets in "
         f"{str(low_precision or torch.float32).removeprefix('torch.')}; {len(train_images)} training images")
     if args.compile:
-        say("the first step compiles the training step with torch.compile (about 30 s on a CPU)")
+        say("the first step compiles the training loss with torch.compile (up to a minute)")
     started = time.monotonic()
 
     def train_seconds():

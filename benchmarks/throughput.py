@@ -8,7 +8,8 @@
 Prints, for the model main.py trains with the same flags (by default, its default model):
 
   full step    dequantize, logit, logProbability, backward, clip, optimizer: main.py's own
-               training step, in float32 and in mixed precision (coupling nets in bf16/fp16)
+               training step, in float32 and in mixed precision (coupling nets in bf16/fp16);
+               with --compile, compiled, and uncompiled for comparison
   nets alone   the same coupling MLPs, forward + backward + optimizer on random tensors of
                the shapes they see in the flow: what the step would cost with no flow
                around it (the compute floor), in float32 and in the mixed precision
@@ -50,12 +51,12 @@ def rate(run, batch_size, steps, device):
     return batch_size * steps / (time.perf_counter() - started)
 
 
-def full_step(flags, model_args, device, low_precision, images):
+def full_step(flags, model_args, device, low_precision, images, compile):
     """main.py's training step on a freshly built model: returns (run(steps), the model)."""
     torch.manual_seed(0)
     model = main.build_model(model_args).to(device)
     optimizer = main.make_optimizer(model, flags.lr, flags.weight_decay)
-    step = main.make_training_step(model, optimizer, model_args["alpha"], low_precision, flags.compile)
+    step = main.make_training_step(model, optimizer, model_args["alpha"], low_precision, compile)
 
     def run(steps):
         for i in range(steps):
@@ -135,14 +136,17 @@ def main_benchmark(argv=None):
     print(f"{model_args}, batch {flags.batch_size}, {device}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}{', compiled step' if flags.compile else ''}")
 
-    fp32_step, model = full_step(flags, model_args, device, None, images)
+    fp32_step, model = full_step(flags, model_args, device, None, images, flags.compile)
     fp32_step(2)  # warm-up; the float32 step's memory is measured before anything else is built
     memory = peak_memory_mb(device)
     runs = {"fp32_step": fp32_step,
-            "mixed_step": full_step(flags, model_args, device, low_precision, images)[0],
+            "mixed_step": full_step(flags, model_args, device, low_precision, images, flags.compile)[0],
             "fp32_nets": nets_alone(flags, model, model_args["alpha"], device, None, images),
             "mixed_nets": nets_alone(flags, model, model_args["alpha"], device, low_precision, images),
             "sampling": sampling(model, flags.batch_size)}
+    if flags.compile:  # the uncompiled steps too, for what compiling gains
+        runs["fp32_step_eager"] = full_step(flags, model_args, device, None, images, False)[0]
+        runs["mixed_step_eager"] = full_step(flags, model_args, device, low_precision, images, False)[0]
     for run in runs.values():
         run(2)
     figures = {name: [] for name in runs}
@@ -155,6 +159,9 @@ def main_benchmark(argv=None):
     result["mixed_step_over_nets"] = round(result["mixed_step"] / result["mixed_nets"], 3)
     result["mixed_over_fp32_step"] = round(result["mixed_step"] / result["fp32_step"], 3)
     result["mixed_over_fp32_nets"] = round(result["mixed_nets"] / result["fp32_nets"], 3)
+    if flags.compile:
+        result["fp32_compiled_over_eager"] = round(result["fp32_step"] / result["fp32_step_eager"], 3)
+        result["mixed_compiled_over_eager"] = round(result["mixed_step"] / result["mixed_step_eager"], 3)
     result["mixed_precision"] = str(low_precision).removeprefix("torch.")
     result["peak_memory_mb"] = round(memory, 1)
     result["batch_size"] = flags.batch_size
@@ -170,6 +177,10 @@ def main_benchmark(argv=None):
     print(f"full {mixed} step / nets alone: {result['mixed_step_over_nets']:.3f}")
     print(f"mixed / float32 full step:       {result['mixed_over_fp32_step']:.3f}  (target >= 2.0)")
     print(f"mixed / float32 nets alone:      {result['mixed_over_fp32_nets']:.3f}  (what the nets themselves gain)")
+    if flags.compile:
+        print(f"compiled / uncompiled step:      {result['fp32_compiled_over_eager']:.3f} in float32, "
+              f"{result['mixed_compiled_over_eager']:.3f} in {mixed} "
+              f"(uncompiled: {result['fp32_step_eager']:.1f} and {result['mixed_step_eager']:.1f} samples/s)")
     print(f"peak memory, float32 step:       {result['peak_memory_mb']:.0f} MB")
     print(json.dumps(result))
 

@@ -1,6 +1,7 @@
 """main.py end to end on a tiny synthetic MNIST, and the bits/dim formula against references."""
 import json
 import math
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -416,3 +417,53 @@ def test_a_corrupt_data_file_gives_a_one_line_error(tmp_path, capsys):
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "t10k-images-idx3-ubyte" in error and len(error.strip().splitlines()) == 1
+
+
+def test_compiled_step_runs_only_the_first_batch_size_compiled(monkeypatch):
+    # The short batch at the end of an epoch runs uncompiled instead of compiling a second graph.
+    compiled_sizes = []
+
+    def fake_compile(objective, **options):
+        def compiled(batch):
+            compiled_sizes.append(len(batch))
+            return objective(batch)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = tiny_flow()
+    step = main.make_training_step(model, main.make_optimizer(model, lr=1e-3), 1e-6, compile=True)
+    images = torch.randint(0, 256, (8, *main.IMAGE_SHAPE), dtype=torch.uint8)
+    for batch in (images, images[:5], images):
+        assert torch.isfinite(step(batch))
+    assert compiled_sizes == [8, 8]
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "clang++", "c++"))),
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_step_computes_the_eager_loss_and_gradients(monkeypatch):
+    # Eager random numbers inside the compiled graph: both draw the same dequantization noise.
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    compiled_calls, real_compile = [], torch.compile
+
+    def counted_compile(objective, **options):
+        compiled = real_compile(objective, **options)
+
+        def run(batch):
+            compiled_calls.append(len(batch))
+            return compiled(batch)
+        return run
+
+    monkeypatch.setattr(torch, "compile", counted_compile)
+    images = torch.randint(0, 256, (16, *main.IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    results = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = tiny_flow()
+        step = main.make_training_step(model, main.make_optimizer(model, lr=1e-3), 1e-6, compile=compile)
+        losses = [step(images) for _ in range(2)]  # the second step runs the compiled graph again
+        results.append((losses, [p.grad for p in model.parameters()]))
+    assert compiled_calls == [16, 16]
+    (eager_losses, eager_grads), (compiled_losses, compiled_grads) = results
+    torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=0)
+    for compiled, eager in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * eager.abs().max().item())
