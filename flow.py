@@ -120,7 +120,8 @@ class Coupling(Flow):
             raise ValueError(
                 f"{type(self).__name__} expects [batch, {self.features}], got {list(inputs.shape)}"
             )
-        first, second = inputs.split(self.half, dim=1)  # its gradient is one cat (slices would each need a zero-filled copy)
+        # One split, whose gradient is one cat (two slices would each need a zero-filled copy).
+        first, second = inputs.split(self.half, dim=1)
         if self.update == "y":
             second, logdet = transform(second, first)
         else:

@@ -418,12 +418,13 @@ def make_training_step(model, optimizer, alpha, low_precision=None, compile=Fals
     the loss and its backward go through torch.compile, which fuses the element-wise work
     around the nets' matrix products; it compiles for the size of the first batch, and
     batches of another size (the short one at the end of an epoch) run uncompiled rather
-    than compiling again. The gradients
-    are clipped to norm MAX_GRAD_NORM, and a step whose loss or gradients are not finite
-    never reaches the weights or Adam's moments. Both happen inside the fused Adam
-    kernel, so the step reads the gradients once for their norm, never rescales them in
-    a pass of its own, and never waits for the device. The loss comes back as a tensor
-    on the device, NaN when the step was skipped.
+    than compiling again.
+
+    The gradients are clipped to norm MAX_GRAD_NORM, and a step whose loss or gradients
+    are not finite never reaches the weights or Adam's moments. Both happen inside the
+    fused Adam kernel, so the step reads the gradients once for their norm, never
+    rescales them in a pass of its own, and never waits for the device. The loss comes
+    back as a tensor on the device, NaN when the step was skipped.
     """
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
@@ -438,13 +439,14 @@ def make_training_step(model, optimizer, alpha, low_precision=None, compile=Fals
         # Broadcasts rank 0's weights once, then averages the gradients; the buffers are constants.
         # Every process then sees the same gradients, so all clip and skip alike.
         objective = DistributedDataParallel(objective, broadcast_buffers=False)
-    compiled, compiled_size = torch.compile(objective, dynamic=False) if compile else objective, None
+    compiled_objective = torch.compile(objective, dynamic=False) if compile else objective
+    compiled_size = None  # the batch size compiled_objective is for: the first one
 
     def step(batch):
         nonlocal loss_scale, good_steps, compiled_size
         compiled_size = compiled_size or len(batch)
         with autocast:
-            loss = (compiled if len(batch) == compiled_size else objective)(batch)
+            loss = (compiled_objective if len(batch) == compiled_size else objective)(batch)
         optimizer.zero_grad(set_to_none=True)
         # A non-finite loss makes every gradient NaN, in every process, so all skip the step.
         (loss * torch.where(torch.isfinite(loss), loss_scale, math.nan)).backward()
