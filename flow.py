@@ -160,9 +160,9 @@ class Permutation(Flow):
 class _Reorder(torch.autograd.Function):
     """x[:, order], whose gradient is the reverse reordering: a gather both ways.
 
-    (Plain indexing would scatter-add the gradient back, several times slower, and even
-    forward, `torch.gather` with the order broadcast over the batch is about four times
-    faster on a CPU than `x[:, order]`.)
+    Plain indexing would scatter-add the gradient back, several times slower. Forward
+    too, `torch.gather` with the order broadcast over the batch is about four times
+    faster on a CPU than `x[:, order]`.
     """
 
     @staticmethod

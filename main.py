@@ -257,7 +257,7 @@ def parse_args(argv=None):
     training.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                           help="compile the training loss with torch.compile: the element-wise work around the "
                                "coupling nets fuses, for faster steps after up to a minute of compiling "
-                               "(on a CPU it needs a C++ compiler)")
+                               "(needs a C++ compiler on a CPU, and Triton's C compiler on a GPU)")
     training.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                           help="auto picks cuda, then mps, then cpu")
 
@@ -444,7 +444,8 @@ def make_training_step(model, optimizer, alpha, low_precision=None, compile=Fals
 
     def step(batch):
         nonlocal loss_scale, good_steps, compiled_size
-        compiled_size = compiled_size or len(batch)
+        if compiled_size is None:
+            compiled_size = len(batch)
         with autocast:
             loss = (compiled_objective if len(batch) == compiled_size else objective)(batch)
         optimizer.zero_grad(set_to_none=True)

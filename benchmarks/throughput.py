@@ -1,20 +1,24 @@
 """Training throughput of the default MNIST RealNVP, against the compute floor of its nets.
 
     python benchmarks/throughput.py                   # the defaults of main.py
-    python benchmarks/throughput.py --compile         # main.py's step under torch.compile
+    python benchmarks/throughput.py --compile         # main.py's step under torch.compile, and without
     python benchmarks/throughput.py --batch-size 512 --repeats 7
-    python benchmarks/throughput.py --mixing --dropout 0.2   # any of main.py's model and training flags
+    python benchmarks/throughput.py --mixing --dropout 0.2   # main.py's model flags
 
-Prints, for the model main.py trains with the same flags (by default, its default model):
+main.py's flags choose what is measured: the model flags, --batch-size, --lr,
+--weight-decay, --device, --compile, and --precision for the mixed precision to set
+against float32 (auto: bf16 or fp16 as main.py picks them, and bf16 where main.py would
+pick float32). Prints, for that model:
 
   full step    dequantize, logit, logProbability, backward, clip, optimizer: main.py's own
                training step, in float32 and in mixed precision (coupling nets in bf16/fp16);
                with --compile, compiled, and uncompiled for comparison
-  nets alone   the same coupling MLPs, forward + backward + optimizer on random tensors of
-               the shapes they see in the flow: what the step would cost with no flow
-               around it (the compute floor), in float32 and in the mixed precision
+  nets alone   the same coupling MLPs, uncompiled, forward + backward + optimizer on random
+               tensors of the shapes they see in the flow: what the step would cost with no
+               flow around it (the compute floor), in float32 and in the mixed precision
   sampling     samples/s of model.sample under inference_mode
-  memory       peak resident memory (CPU) or peak allocated memory (CUDA) of the float32 step
+  memory       peak resident memory of the process (CPU) or peak allocated memory (CUDA),
+               read after the uncompiled float32 step's warm-up, before anything else is built
 
 Every figure is the median over --repeats timings of --steps steps each. All are measured
 in one run, interleaved, after one warm-up each (which also compiles, with --compile), so
@@ -70,14 +74,19 @@ def nets_alone(flags, model, alpha, device, low_precision, images):
 
     Each net gets what it gets inside the flow's step and nothing more: an input of the
     same shape that needs a gradient exactly when it does in the flow (all but the nets
-    that read the data itself), a ready-made gradient for its output in place of the
-    flow's backward, and the same fused Adam. With `low_precision`, under the same autocast.
-    The nets are a copy, so that training them leaves `model` as it was.
+    that read the data itself, as the first block's do with --no-actnorm), a ready-made
+    gradient for its output in place of the flow's backward, and the same fused Adam.
+    With `low_precision`, under the same autocast. The nets are a copy, so that training
+    them leaves `model` as it was.
     """
     model = copy.deepcopy(model)
     nets = [m for m in model.modules() if isinstance(m, MLP)]
     seen = {}  # net -> its input in one forward pass of the flow
-    hooks = [net.register_forward_pre_hook(lambda net, inputs: seen.setdefault(net, inputs[0])) for net in nets]
+
+    def record_input(net, inputs):
+        seen[net] = inputs[0]
+
+    hooks = [net.register_forward_pre_hook(record_input) for net in nets]
     main.log_density(model, images[0], alpha)
     for hook in hooks:
         hook.remove()
@@ -119,16 +128,14 @@ def main_benchmark(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=5, help="timings per figure (the median is reported)")
-    parser.add_argument("--mixed", choices=["auto", "bf16", "fp16"], default="auto",
-                        help="the mixed precision to compare with float32 (auto: as main.py's --precision auto, "
-                             "bf16 where that is float32)")
     args, main_flags = parser.parse_known_args(argv)
     if args.steps <= 0 or args.repeats <= 0:
         parser.error("--steps and --repeats must be positive")
-
     flags = main.parse_args(main_flags)  # main.py's own parser: its defaults and checks
+    if flags.precision == "fp32":
+        parser.error("--precision names the mixed precision to set against float32: auto, bf16 or fp16")
     device = main.pick_device(flags.device)
-    low_precision = main.pick_precision(args.mixed, device) or torch.bfloat16
+    low_precision = main.pick_precision(flags.precision, device) or torch.bfloat16
     model_args = main.model_arguments(flags)
     torch.manual_seed(0)
     images = [torch.randint(0, 256, (flags.batch_size, *main.IMAGE_SHAPE), dtype=torch.uint8, device=device)
@@ -136,17 +143,18 @@ def main_benchmark(argv=None):
     print(f"{model_args}, batch {flags.batch_size}, {device}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}{', compiled step' if flags.compile else ''}")
 
-    fp32_step, model = full_step(flags, model_args, device, None, images, flags.compile)
-    fp32_step(2)  # warm-up; the float32 step's memory is measured before anything else is built
+    eager_fp32_step, model = full_step(flags, model_args, device, None, images, False)
+    eager_fp32_step(2)  # warm-up, then the memory, before anything else is built
     memory = peak_memory_mb(device)
-    runs = {"fp32_step": fp32_step,
-            "mixed_step": full_step(flags, model_args, device, low_precision, images, flags.compile)[0],
+    runs = {"fp32_step": eager_fp32_step,
+            "mixed_step": full_step(flags, model_args, device, low_precision, images, False)[0],
             "fp32_nets": nets_alone(flags, model, model_args["alpha"], device, None, images),
             "mixed_nets": nets_alone(flags, model, model_args["alpha"], device, low_precision, images),
             "sampling": sampling(model, flags.batch_size)}
-    if flags.compile:  # the uncompiled steps too, for what compiling gains
-        runs["fp32_step_eager"] = full_step(flags, model_args, device, None, images, False)[0]
-        runs["mixed_step_eager"] = full_step(flags, model_args, device, low_precision, images, False)[0]
+    if flags.compile:  # the compiled steps become the full steps; the uncompiled ones stay, for comparison
+        runs["fp32_step_eager"], runs["mixed_step_eager"] = runs["fp32_step"], runs["mixed_step"]
+        runs["fp32_step"] = full_step(flags, model_args, device, None, images, True)[0]
+        runs["mixed_step"] = full_step(flags, model_args, device, low_precision, images, True)[0]
     for run in runs.values():
         run(2)
     figures = {name: [] for name in runs}
@@ -174,14 +182,14 @@ def main_benchmark(argv=None):
     print(f"coupling nets alone, {mixed:>8}:   {result['mixed_nets']:8.1f} samples/s  (its floor)")
     print(f"sampling:                        {result['sampling']:8.1f} samples/s")
     print(f"full float32 step / nets alone:  {result['fp32_step_over_nets']:.3f}  (target >= 0.95)")
-    print(f"full {mixed} step / nets alone: {result['mixed_step_over_nets']:.3f}")
+    print(f"full {mixed:>8} step / nets alone: {result['mixed_step_over_nets']:.3f}")
     print(f"mixed / float32 full step:       {result['mixed_over_fp32_step']:.3f}  (target >= 2.0)")
     print(f"mixed / float32 nets alone:      {result['mixed_over_fp32_nets']:.3f}  (what the nets themselves gain)")
     if flags.compile:
         print(f"compiled / uncompiled step:      {result['fp32_compiled_over_eager']:.3f} in float32, "
               f"{result['mixed_compiled_over_eager']:.3f} in {mixed} "
               f"(uncompiled: {result['fp32_step_eager']:.1f} and {result['mixed_step_eager']:.1f} samples/s)")
-    print(f"peak memory, float32 step:       {result['peak_memory_mb']:.0f} MB")
+    print(f"peak memory (uncompiled float32 step): {result['peak_memory_mb']:.0f} MB")
     print(json.dumps(result))
 
 

@@ -1,29 +1,49 @@
-"""benchmarks/throughput.py end to end on a tiny model: it runs, and its figures add up."""
+"""benchmarks/throughput.py end to end on a tiny model: it runs and prints every figure."""
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 spec = importlib.util.spec_from_file_location("throughput", Path(__file__).parent.parent / "benchmarks" / "throughput.py")
 throughput = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(throughput)
 
 TINY_MODEL = ["--couplings", "2", "--hidden", "8", "--depth", "1", "--batch-size", "4", "--device", "cpu"]
+RATES = ["fp32_step", "mixed_step", "fp32_nets", "mixed_nets", "sampling"]
+
+
+def benchmark(capsys, *flags):
+    throughput.main_benchmark(["--steps", "1", "--repeats", "2", *TINY_MODEL, *flags])
+    output = capsys.readouterr().out.strip().splitlines()
+    return output, json.loads(output[-1])
 
 
 def test_prints_rates_ratios_and_a_json_last_line(capsys):
-    throughput.main_benchmark(["--steps", "1", "--repeats", "3", *TINY_MODEL])
-    output = capsys.readouterr().out.strip().splitlines()
-    result = json.loads(output[-1])
-    rates = ["fp32_step", "mixed_step", "fp32_nets", "mixed_nets", "sampling"]
-    assert all(result[name] > 0 for name in rates)
-    assert result["fp32_step_over_nets"] == pytest.approx(result["fp32_step"] / result["fp32_nets"], abs=1e-3)
-    assert result["mixed_over_fp32_step"] == pytest.approx(result["mixed_step"] / result["fp32_step"], abs=1e-3)
-    assert result["batch_size"] == 4 and result["compiled"] is False and result["peak_memory_mb"] > 0
+    output, result = benchmark(capsys, "--precision", "fp16")
+    assert all(result[name] > 0 for name in RATES)
+    assert result["mixed_precision"] == "float16" and result["batch_size"] == 4 and result["peak_memory_mb"] > 0
+    assert not result["compiled"] and "fp32_step_eager" not in result
     assert any(line.startswith("full float32 step / nets alone:") for line in output)
 
 
-def test_rejects_bad_counts():
+def test_with_compile_it_also_times_the_uncompiled_steps(capsys, monkeypatch):
+    compiled = []
+
+    def fake_compile(objective, **options):
+        compiled.append(objective)
+        return objective
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    output, result = benchmark(capsys, "--compile")
+    assert len(compiled) == 2  # the float32 and the mixed-precision steps
+    assert result["compiled"] and all(result[name] > 0 for name in ["fp32_step_eager", "mixed_step_eager"])
+    assert result["mixed_compiled_over_eager"] > 0
+    assert any(line.startswith("compiled / uncompiled step:") for line in output)
+
+
+@pytest.mark.parametrize("flags", [["--steps", "0"], ["--precision", "fp32"]])
+def test_rejects_bad_flags(flags):
     with pytest.raises(SystemExit):
-        throughput.main_benchmark(["--steps", "0", *TINY_MODEL])
+        throughput.main_benchmark([*flags, *TINY_MODEL])

@@ -419,8 +419,21 @@ def test_a_corrupt_data_file_gives_a_one_line_error(tmp_path, capsys):
     assert "t10k-images-idx3-ubyte" in error and len(error.strip().splitlines()) == 1
 
 
+# --------------------------------------------------------------------------- torch.compile
+
+needs_cxx = pytest.mark.skipif(not any(map(shutil.which, ("g++", "clang++", "c++"))),
+                               reason="torch.compile on a CPU needs a C++ compiler")
+
+
+def only_one_graph():
+    """A block in which compiling anything a second time is an error (torch's own config
+    patch: monkeypatch would delete the option when it restores it)."""
+    torch._dynamo.reset()  # forget graphs compiled for other models in this process
+    return torch._dynamo.config.patch(error_on_recompile=True)
+
+
 def test_compiled_step_runs_only_the_first_batch_size_compiled(monkeypatch):
-    # The short batch at the end of an epoch runs uncompiled instead of compiling a second graph.
+    """The short batch at the end of an epoch runs uncompiled instead of compiling a second graph."""
     compiled_sizes = []
 
     def fake_compile(objective, **options):
@@ -438,11 +451,9 @@ def test_compiled_step_runs_only_the_first_batch_size_compiled(monkeypatch):
     assert compiled_sizes == [8, 8]
 
 
-@pytest.mark.skipif(not any(map(shutil.which, ("g++", "clang++", "c++"))),
-                    reason="torch.compile on a CPU needs a C++ compiler")
+@needs_cxx
 def test_compiled_step_computes_the_eager_loss_and_gradients(monkeypatch):
-    # Eager random numbers inside the compiled graph: both draw the same dequantization noise.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    """The compiled loss and gradients against the uncompiled ones, with the same noise."""
     compiled_calls, real_compile = [], torch.compile
 
     def counted_compile(objective, **options):
@@ -456,14 +467,27 @@ def test_compiled_step_computes_the_eager_loss_and_gradients(monkeypatch):
     monkeypatch.setattr(torch, "compile", counted_compile)
     images = torch.randint(0, 256, (16, *main.IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     results = []
-    for compile in (False, True):
-        torch.manual_seed(0)
-        model = tiny_flow()
-        step = main.make_training_step(model, main.make_optimizer(model, lr=1e-3), 1e-6, compile=compile)
-        losses = [step(images) for _ in range(2)]  # the second step runs the compiled graph again
-        results.append((losses, [p.grad for p in model.parameters()]))
+    with only_one_graph(), torch._inductor.config.patch(fallback_random=True):  # the eager random numbers
+        for compile in (False, True):
+            torch.manual_seed(0)
+            model = tiny_flow()
+            step = main.make_training_step(model, main.make_optimizer(model, lr=1e-3), 1e-6, compile=compile)
+            losses = [step(images) for _ in range(2)]  # the second step runs the compiled graph again
+            results.append((losses, [p.grad for p in model.parameters()]))
     assert compiled_calls == [16, 16]
     (eager_losses, eager_grads), (compiled_losses, compiled_grads) = results
     torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=0)
     for compiled, eager in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * eager.abs().max().item())
+
+
+@needs_cxx
+def test_compiled_training_runs_end_to_end(data_root, tmp_path, capsys):
+    """Two epochs with --compile: each has a short last batch, and evaluation switches the
+    model to eval mode and back in between, without a second compile."""
+    out = tmp_path / "run"
+    with only_one_graph():
+        assert run(data_root, out, "--compile", "--epochs", "2") == 0
+    assert "compiles the training loss" in capsys.readouterr().out
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
+    assert all(math.isfinite(m["test_bpd"]) for m in read_metrics(out))
