@@ -506,7 +506,21 @@ class TrainingLosses:
         return loss_sum / count if count else math.nan
 
 
+def check_can_compile(device):
+    """--compile on a CPU needs a C++ compiler: a one-line error now, not a traceback in the first step."""
+    if device.type != "cpu":
+        return  # (on a GPU, Triton reports its own missing compiler)
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except RuntimeError as error:  # torch's InvalidCxxCompiler
+        raise UsageError(f"--compile needs a C++ compiler: {error}; install one, or train without --compile") from None
+
+
 def train(args, device):
+    if args.compile:
+        check_can_compile(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     all_train = get_data(args, "train")

@@ -481,6 +481,14 @@ def test_compiled_step_computes_the_eager_loss_and_gradients(monkeypatch):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * eager.abs().max().item())
 
 
+def test_compile_without_a_cxx_compiler_is_a_one_line_error(data_root, tmp_path, capsys):
+    with torch._inductor.config.patch({"cpp.cxx": ("no-such-compiler-here",)}):
+        assert run(data_root, tmp_path / "run", "--compile", "--epochs", "1") == 2
+    error = capsys.readouterr().err
+    assert "--compile needs a C++ compiler" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # it stopped before training
+
+
 @needs_cxx
 def test_compiled_training_runs_end_to_end(data_root, tmp_path, capsys):
     """Two epochs with --compile: each has a short last batch, and evaluation switches the
