@@ -1,7 +1,6 @@
 """main.py end to end on a tiny synthetic MNIST, and the bits/dim formula against references."""
 import json
 import math
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -421,8 +420,15 @@ def test_a_corrupt_data_file_gives_a_one_line_error(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- torch.compile
 
-needs_cxx = pytest.mark.skipif(not any(map(shutil.which, ("g++", "clang++", "c++"))),
-                               reason="torch.compile on a CPU needs a C++ compiler")
+def finds_a_cxx_compiler():
+    try:
+        main.check_can_compile(torch.device("cpu"))
+    except main.UsageError:
+        return False
+    return True
+
+
+needs_cxx = pytest.mark.skipif(not finds_a_cxx_compiler(), reason="torch.compile on a CPU needs a C++ compiler")
 
 
 def only_one_graph():
@@ -432,17 +438,26 @@ def only_one_graph():
     return torch._dynamo.config.patch(error_on_recompile=True)
 
 
+def record_compiled_calls(monkeypatch, really_compile):
+    """Make torch.compile's result note the size of each batch it runs (and, unless
+    `really_compile`, run the objective as it is): returns the list of sizes."""
+    sizes, real_compile = [], torch.compile
+
+    def recording_compile(objective, **options):
+        compiled = real_compile(objective, **options) if really_compile else objective
+
+        def run(batch):
+            sizes.append(len(batch))
+            return compiled(batch)
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    return sizes
+
+
 def test_compiled_step_runs_only_the_first_batch_size_compiled(monkeypatch):
     """The short batch at the end of an epoch runs uncompiled instead of compiling a second graph."""
-    compiled_sizes = []
-
-    def fake_compile(objective, **options):
-        def compiled(batch):
-            compiled_sizes.append(len(batch))
-            return objective(batch)
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
+    compiled_sizes = record_compiled_calls(monkeypatch, really_compile=False)
     model = tiny_flow()
     step = main.make_training_step(model, main.make_optimizer(model, lr=1e-3), 1e-6, compile=True)
     images = torch.randint(0, 256, (8, *main.IMAGE_SHAPE), dtype=torch.uint8)
@@ -454,17 +469,7 @@ def test_compiled_step_runs_only_the_first_batch_size_compiled(monkeypatch):
 @needs_cxx
 def test_compiled_step_computes_the_eager_loss_and_gradients(monkeypatch):
     """The compiled loss and gradients against the uncompiled ones, with the same noise."""
-    compiled_calls, real_compile = [], torch.compile
-
-    def counted_compile(objective, **options):
-        compiled = real_compile(objective, **options)
-
-        def run(batch):
-            compiled_calls.append(len(batch))
-            return compiled(batch)
-        return run
-
-    monkeypatch.setattr(torch, "compile", counted_compile)
+    compiled_calls = record_compiled_calls(monkeypatch, really_compile=True)
     images = torch.randint(0, 256, (16, *main.IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     results = []
     with only_one_graph(), torch._inductor.config.patch(fallback_random=True):  # the eager random numbers
