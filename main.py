@@ -392,7 +392,7 @@ def learning_rate(args, progress):
 def make_optimizer(model, lr, weight_decay=0.0):
     """Adam with decoupled weight decay (AdamW: w <- w - lr * (adam_step + weight_decay * w);
     plain Adam when weight_decay is 0), in its fused kernel: one pass over the weights,
-    inside which `make_training_step` also clips and skips."""
+    inside which `ClippedOptimizerStep` also clips and skips."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
@@ -411,6 +411,48 @@ class NegativeLogLikelihood(nn.Module):
         return -log_density(self.flow, images, self.alpha).mean()
 
 
+class ClippedOptimizerStep:
+    """The part of a training step after backward: clip, then step or skip.
+
+    A call clips the gradients to norm MAX_GRAD_NORM and takes the optimizer's step, or
+    skips the step when the gradients are not finite, so that they never reach the
+    weights or Adam's moments. Both happen inside the fused Adam kernel: the gradients
+    are read once for their norm, never rescaled in a pass of their own, and nothing
+    waits for the device. The backward before a call must be of the loss times
+    `loss_scale`, which is 1 except in float16: float16 gradients underflow unless the
+    loss is scaled up, so it starts at 2^16, halves after a skipped step and doubles
+    after 2000 good ones.
+    """
+
+    def __init__(self, optimizer, float16=False):
+        self.optimizer = optimizer
+        self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        device = self.parameters[0].device
+        self.float16 = float16
+        self.loss_scale = torch.tensor(FLOAT16_LOSS_SCALE if float16 else 1.0, device=device)
+        self.good_steps = torch.zeros((), device=device)  # float16: good steps since the scale last changed
+
+    def __call__(self):
+        """Steps or skips; returns whether it stepped, as a bool tensor on the device."""
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
+        norm = norm / self.loss_scale
+        finite = torch.isfinite(norm)
+        # Fused Adam divides each gradient by `grad_scale` and skips the whole step where
+        # `found_inf` is 1: the interface torch.amp.GradScaler drives it through.
+        self.optimizer.grad_scale = (self.loss_scale * torch.clamp(norm / MAX_GRAD_NORM, min=1)).float()
+        self.optimizer.found_inf = (~finite).float()
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.grad_scale, self.optimizer.found_inf
+        if self.float16:
+            self.good_steps = torch.where(finite, self.good_steps + 1, 0)
+            grow = self.good_steps == FLOAT16_GROWTH_INTERVAL
+            self.loss_scale = self.loss_scale * torch.where(grow, 2.0, torch.where(finite, 1.0, 0.5))
+            self.good_steps = torch.where(grow, 0, self.good_steps)
+        return finite
+
+
 def make_training_step(model, optimizer, alpha, low_precision=None, compile=False):
     """A function batch -> loss that does one step of gradient descent on -mean log p(v).
 
@@ -420,20 +462,13 @@ def make_training_step(model, optimizer, alpha, low_precision=None, compile=Fals
     batches of another size (the short one at the end of an epoch) run uncompiled rather
     than compiling again.
 
-    The gradients are clipped to norm MAX_GRAD_NORM, and a step whose loss or gradients
-    are not finite never reaches the weights or Adam's moments. Both happen inside the
-    fused Adam kernel, so the step reads the gradients once for their norm, never
-    rescales them in a pass of its own, and never waits for the device. The loss comes
-    back as a tensor on the device, NaN when the step was skipped.
+    After the backward, a `ClippedOptimizerStep` clips the gradients and steps; a step
+    whose loss or gradients are not finite is skipped. The loss comes back as a tensor on
+    the device, NaN when the step was skipped.
     """
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    # float16 gradients underflow unless the loss is scaled up: start at 2^16, halve the
-    # scale after a skipped step, double it after 2000 good ones. Other precisions keep 1.
-    float16 = low_precision == torch.float16
-    loss_scale = torch.tensor(FLOAT16_LOSS_SCALE if float16 else 1.0, device=device)
-    good_steps = torch.zeros((), device=device)
+    optimizer_step = ClippedOptimizerStep(optimizer, float16=low_precision == torch.float16)
     objective = NegativeLogLikelihood(model, alpha)
     if dist.is_initialized():
         # Broadcasts rank 0's weights once, then averages the gradients; the buffers are constants.
@@ -443,30 +478,16 @@ def make_training_step(model, optimizer, alpha, low_precision=None, compile=Fals
     compiled_size = None  # the batch size compiled_objective is for: the first one
 
     def step(batch):
-        nonlocal loss_scale, good_steps, compiled_size
+        nonlocal compiled_size
         if compiled_size is None:
             compiled_size = len(batch)
         with autocast:
             loss = (compiled_objective if len(batch) == compiled_size else objective)(batch)
         optimizer.zero_grad(set_to_none=True)
         # A non-finite loss makes every gradient NaN, in every process, so all skip the step.
-        (loss * torch.where(torch.isfinite(loss), loss_scale, math.nan)).backward()
-        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]) / loss_scale
-        finite = torch.isfinite(norm)
-        # Fused Adam divides each gradient by `grad_scale` and skips the whole step where
-        # `found_inf` is 1: the interface torch.amp.GradScaler drives it through.
-        optimizer.grad_scale = (loss_scale * torch.clamp(norm / MAX_GRAD_NORM, min=1)).float()
-        optimizer.found_inf = (~finite).float()
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.grad_scale, optimizer.found_inf
-        if float16:
-            good_steps = torch.where(finite, good_steps + 1, 0)
-            grow = good_steps == FLOAT16_GROWTH_INTERVAL
-            loss_scale = loss_scale * torch.where(grow, 2.0, torch.where(finite, 1.0, 0.5))
-            good_steps = torch.where(grow, 0, good_steps)
-        return torch.where(finite, loss.detach(), math.nan)
+        (loss * torch.where(torch.isfinite(loss), optimizer_step.loss_scale, math.nan)).backward()
+        stepped = optimizer_step()
+        return torch.where(stepped, loss.detach(), math.nan)
 
     return step
 

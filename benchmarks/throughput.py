@@ -13,9 +13,10 @@ pick float32). Prints, for that model:
   full step    dequantize, logit, logProbability, backward, clip, optimizer: main.py's own
                training step, in float32 and in mixed precision (coupling nets in bf16/fp16);
                with --compile, compiled, and uncompiled for comparison
-  nets alone   the same coupling MLPs, uncompiled, forward + backward + optimizer on random
-               tensors of the shapes they see in the flow: what the step would cost with no
-               flow around it (the compute floor), in float32 and in the mixed precision
+  nets alone   the same coupling MLPs, uncompiled, forward + backward + main.py's optimizer
+               step (clip, fused Adam) on random tensors of the shapes they see in the flow:
+               what the step would cost with no flow around it (the compute floor), in
+               float32 and in the mixed precision
   sampling     samples/s of model.sample under inference_mode
   memory       peak resident memory of the process (CPU) or peak allocated memory (CUDA),
                read after the uncompiled float32 step's warm-up, before anything else is built
@@ -75,9 +76,9 @@ def nets_alone(flags, model, alpha, device, low_precision, images):
     Each net gets what it gets inside the flow's step and nothing more: an input of the
     same shape that needs a gradient exactly when it does in the flow (all but the nets
     that read the data itself, as the first block's do with --no-actnorm), a ready-made
-    gradient for its output in place of the flow's backward, and the same fused Adam.
-    With `low_precision`, under the same autocast. The nets are a copy, so that training
-    them leaves `model` as it was.
+    gradient for its output in place of the flow's backward, and main.py's optimizer step
+    (clipping and fused Adam, `main.ClippedOptimizerStep`). With `low_precision`, under
+    the same autocast. The nets are a copy, so that training them leaves `model` as it was.
     """
     model = copy.deepcopy(model)
     nets = [m for m in model.modules() if isinstance(m, MLP)]
@@ -95,6 +96,7 @@ def nets_alone(flags, model, alpha, device, low_precision, images):
     with autocast:
         output_grads = [torch.randn_like(net(x)) for net, x in zip(nets, inputs)]  # in the nets' output dtype
     optimizer = main.make_optimizer(torch.nn.ModuleList(nets), flags.lr, flags.weight_decay)
+    optimizer_step = main.ClippedOptimizerStep(optimizer, float16=low_precision == torch.float16)
 
     def run(steps):
         for _ in range(steps):
@@ -104,7 +106,7 @@ def nets_alone(flags, model, alpha, device, low_precision, images):
             for x in inputs:
                 x.grad = None
             torch.autograd.backward(outputs, output_grads)
-            optimizer.step()
+            optimizer_step()
 
     return run
 

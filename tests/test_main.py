@@ -1,4 +1,5 @@
 """main.py end to end on a tiny synthetic MNIST, and the bits/dim formula against references."""
+import itertools
 import json
 import math
 from types import SimpleNamespace
@@ -6,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import main
 from fake_mnist import write_fake_mnist_raw
@@ -298,6 +300,29 @@ def test_training_step_matches_clipping_then_adamw_by_hand(data_root, monkeypatc
     tolerance = 1e-5 if precision is None else 1e-4
     for mine, theirs in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(mine, theirs, rtol=tolerance, atol=tolerance)
+
+
+def test_float16_loss_scale_follows_grad_scaler(monkeypatch):
+    """Halved after a skipped step, doubled after FLOAT16_GROWTH_INTERVAL good ones in a row:
+    the rule of torch.amp.GradScaler, run side by side on the same gradients."""
+    monkeypatch.setattr(main, "FLOAT16_GROWTH_INTERVAL", 3)
+    weight, reference_weight = nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(4))
+    optimizer_step = main.ClippedOptimizerStep(main.make_optimizer(nn.ParameterList([weight]), lr=1e-3), float16=True)
+    reference_adam = torch.optim.AdamW([reference_weight], lr=1e-3, weight_decay=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=main.FLOAT16_LOSS_SCALE, growth_interval=3)
+    scales = []
+    for finite in [True, False, True, True, True, True, False, False, True, True, True, True, True, True, True]:
+        gradient = torch.full((4,), 1.0 if finite else math.inf)
+        weight.grad = gradient * optimizer_step.loss_scale  # the gradient of the scaled loss
+        reference_weight.grad = scaler.scale(gradient)
+        assert bool(optimizer_step()) == finite
+        scaler.step(reference_adam)
+        scaler.update()
+        assert optimizer_step.loss_scale.item() == scaler.get_scale()
+        scales.append(scaler.get_scale())
+    changes = [later / earlier for earlier, later in itertools.pairwise(scales) if later != earlier]
+    assert 0.5 in changes and 2.0 in changes  # it did halve and double
+    torch.testing.assert_close(weight, reference_weight)
 
 
 def test_training_losses_are_summed_on_the_device_and_count_skipped_steps():
