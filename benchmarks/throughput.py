@@ -78,7 +78,9 @@ def nets_alone(flags, model, alpha, device, low_precision, images):
     that read the data itself, as the first block's do with --no-actnorm), a ready-made
     gradient for its output in place of the flow's backward, and main.py's optimizer step
     (clipping and fused Adam, `main.ClippedOptimizerStep`). With `low_precision`, under
-    the same autocast. The nets are a copy, so that training them leaves `model` as it was.
+    the same autocast. In float16 the output gradients are not scaled by the loss scale,
+    so the floor never skips a step, as the real step does while its scale of 2^16 comes
+    down. The nets are a copy, so that training them leaves `model` as it was.
     """
     model = copy.deepcopy(model)
     nets = [m for m in model.modules() if isinstance(m, MLP)]
