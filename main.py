@@ -420,8 +420,8 @@ class ClippedOptimizerStep:
     are read once for their norm, never rescaled in a pass of their own, and nothing
     waits for the device. The backward before a call must be of the loss times
     `loss_scale`, which is 1 except in float16: float16 gradients underflow unless the
-    loss is scaled up, so it starts at 2^16, halves after a skipped step and doubles
-    after 2000 good ones.
+    loss is scaled up, so it starts at FLOAT16_LOSS_SCALE (2^16), halves after a skipped
+    step and doubles after FLOAT16_GROWTH_INTERVAL (2000) good ones in a row.
     """
 
     def __init__(self, optimizer, float16=False):
