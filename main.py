@@ -324,6 +324,12 @@ def pick_precision(name, device):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def nets_autocast(device, low_precision):
+    """The autocast context the coupling nets run under: `low_precision` (a dtype from
+    `pick_precision`), or none at all when it is None."""
+    return torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
+
+
 def get_data(args, split):
     """uint8 images [N, 1, 28, 28] of a split, downloading MNIST first when it is missing.
 
@@ -419,17 +425,18 @@ class ClippedOptimizerStep:
     weights or Adam's moments. Both happen inside the fused Adam kernel: the gradients
     are read once for their norm, never rescaled in a pass of their own, and nothing
     waits for the device. The backward before a call must be of the loss times
-    `loss_scale`, which is 1 except in float16: float16 gradients underflow unless the
-    loss is scaled up, so it starts at FLOAT16_LOSS_SCALE (2^16), halves after a skipped
-    step and doubles after FLOAT16_GROWTH_INTERVAL (2000) good ones in a row.
+    `loss_scale`, which is 1 unless `low_precision` is float16: float16 gradients
+    underflow unless the loss is scaled up, so it starts at FLOAT16_LOSS_SCALE (2^16),
+    halves after a skipped step and doubles after FLOAT16_GROWTH_INTERVAL (2000) good
+    ones in a row.
     """
 
-    def __init__(self, optimizer, float16=False):
+    def __init__(self, optimizer, low_precision=None):
         self.optimizer = optimizer
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
         device = self.parameters[0].device
-        self.float16 = float16
-        self.loss_scale = torch.tensor(FLOAT16_LOSS_SCALE if float16 else 1.0, device=device)
+        self.float16 = low_precision == torch.float16
+        self.loss_scale = torch.tensor(FLOAT16_LOSS_SCALE if self.float16 else 1.0, device=device)
         self.good_steps = torch.zeros((), device=device)  # float16: good steps since the scale last changed
 
     def __call__(self):
@@ -466,9 +473,8 @@ def make_training_step(model, optimizer, alpha, low_precision=None, compile=Fals
     whose loss or gradients are not finite is skipped. The loss comes back as a tensor on
     the device, NaN when the step was skipped.
     """
-    device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
-    optimizer_step = ClippedOptimizerStep(optimizer, float16=low_precision == torch.float16)
+    autocast = nets_autocast(next(model.parameters()).device, low_precision)
+    optimizer_step = ClippedOptimizerStep(optimizer, low_precision)
     objective = NegativeLogLikelihood(model, alpha)
     if dist.is_initialized():
         # Broadcasts rank 0's weights once, then averages the gradients; the buffers are constants.

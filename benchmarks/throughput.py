@@ -79,8 +79,8 @@ def nets_alone(flags, model, alpha, device, low_precision, images):
     gradient for its output in place of the flow's backward, and main.py's optimizer step
     (clipping and fused Adam, `main.ClippedOptimizerStep`). With `low_precision`, under
     the same autocast. In float16 the output gradients are not scaled by the loss scale,
-    so the floor never skips a step, as the real step does while its scale of 2^16 comes
-    down. The nets are a copy, so that training them leaves `model` as it was.
+    so the floor never skips a step, unlike the real step while its loss scale of 2^16
+    comes down. The nets are a copy, so that training them leaves `model` as it was.
     """
     model = copy.deepcopy(model)
     nets = [m for m in model.modules() if isinstance(m, MLP)]
@@ -94,11 +94,11 @@ def nets_alone(flags, model, alpha, device, low_precision, images):
     for hook in hooks:
         hook.remove()
     inputs = [torch.randn_like(seen[net]).requires_grad_(seen[net].requires_grad) for net in nets]
-    autocast = torch.autocast(device.type, dtype=low_precision or torch.float32, enabled=low_precision is not None)
+    autocast = main.nets_autocast(device, low_precision)
     with autocast:
         output_grads = [torch.randn_like(net(x)) for net, x in zip(nets, inputs)]  # in the nets' output dtype
     optimizer = main.make_optimizer(torch.nn.ModuleList(nets), flags.lr, flags.weight_decay)
-    optimizer_step = main.ClippedOptimizerStep(optimizer, float16=low_precision == torch.float16)
+    optimizer_step = main.ClippedOptimizerStep(optimizer, low_precision)
 
     def run(steps):
         for _ in range(steps):

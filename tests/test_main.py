@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import main
 from fake_mnist import write_fake_mnist_raw
@@ -306,8 +305,9 @@ def test_float16_loss_scale_follows_grad_scaler(monkeypatch):
     """Halved after a skipped step, doubled after FLOAT16_GROWTH_INTERVAL good ones in a row:
     the rule of torch.amp.GradScaler, run side by side on the same gradients."""
     monkeypatch.setattr(main, "FLOAT16_GROWTH_INTERVAL", 3)
-    weight, reference_weight = nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(4))
-    optimizer_step = main.ClippedOptimizerStep(main.make_optimizer(nn.ParameterList([weight]), lr=1e-3), float16=True)
+    weight, reference_weight = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    optimizer = main.make_optimizer(torch.nn.ParameterList([weight]), lr=1e-3)
+    optimizer_step = main.ClippedOptimizerStep(optimizer, low_precision=torch.float16)
     reference_adam = torch.optim.AdamW([reference_weight], lr=1e-3, weight_decay=0.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=main.FLOAT16_LOSS_SCALE, growth_interval=3)
     scales = []
