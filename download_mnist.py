@@ -43,6 +43,7 @@ import gzip
 import hashlib
 import math
 import os
+import re
 import shlex
 import struct
 import sys
@@ -89,8 +90,8 @@ class MnistDownloadError(RuntimeError):
 class _MirrorFailure(Exception):
     """One attempt to get one file from one mirror failed.
 
-    ``permanent`` failures (HTTP 4xx, missing local file) are not retried:
-    asking again would give the same answer.
+    ``permanent`` failures (HTTP 4xx, a malformed answer, a missing local
+    file) are not retried: asking again would give the same answer.
     """
 
     def __init__(self, reason, permanent=False):
@@ -181,6 +182,8 @@ def _fetch(mirror, name, md5, target, timeout, progress):
         raise _MirrorFailure(f"timed out after {timeout} s") from None
     except (requests.ConnectionError, urllib3.exceptions.HTTPError) as error:
         raise _MirrorFailure(f"connection error: {_brief(error)}") from None
+    except requests.RequestException as error:  # invalid URL, redirect loop
+        raise _MirrorFailure(f"request failed: {error}", permanent=True) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise _MirrorFailure(f"bad gzip data: {error}") from None
     except (FileNotFoundError, NotADirectoryError) as error:
@@ -198,7 +201,7 @@ def _open_source(mirror, filename, timeout):
                 raise _MirrorFailure(
                     f"HTTP {response.status_code} {response.reason}",
                     permanent=400 <= response.status_code < 500)
-            size = int(response.headers.get("Content-Length", 0)) or None
+            size = _announced_size(response.headers)
             # response.raw gives the bytes exactly as sent. (iter_content()
             # would already unzip them if the server labelled the .gz file
             # "Content-Encoding: gzip", and we would unzip them twice.)
@@ -212,6 +215,19 @@ def _open_source(mirror, filename, timeout):
         path = Path(mirror) / filename
         with path.open("rb") as stream:
             yield stream, path.stat().st_size
+
+
+def _announced_size(headers):
+    """The body size an HTTP response announces, None if unknown.
+
+    A Content-Length that is not a number leaves the end of the body unknown,
+    a broken answer that HTTP says must not be used: a _MirrorFailure.
+    """
+    length = headers.get("Content-Length", "0")
+    if not re.fullmatch("[0-9]+", length):
+        raise _MirrorFailure(f"bad Content-Length header {length!r}",
+                             permanent=True)
+    return int(length) or None
 
 
 def _install_verified(stream, size, path, md5, progress):

@@ -116,16 +116,36 @@ def test_wrong_content_fails_md5_and_leaves_nothing(tmp_path, mirror, capsys):
     assert raw_files(root) == []  # neither the file nor its .part file
 
 
-class DroppingHandler(QuietHandler):
-    """Announces the whole file but sends only half of it, then hangs up."""
+class AnsweringHandler(QuietHandler):
+    """Base of the handlers below, which misbehave once the headers are sent."""
 
-    def do_GET(self):
+    def start_answer(self, length=None):
+        """Send "200 OK" and a Content-Length; return the requested file's bytes.
+
+        length: the header's value; by default the true size of the file.
+        """
         self.record_request()
         data = Path(self.translate_path(self.path)).read_bytes()
         self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(data)) if length is None else length)
         self.end_headers()
+        return data
+
+
+class DroppingHandler(AnsweringHandler):
+    """Announces the whole file but sends only half of it, then hangs up."""
+
+    def do_GET(self):
+        data = self.start_answer()
         self.wfile.write(data[:len(data) // 2])
+        self.close_connection = True
+
+
+class BadLengthHandler(AnsweringHandler):
+    """Sends the whole file under a Content-Length that is not a number."""
+
+    def do_GET(self):
+        self.wfile.write(self.start_answer(length="many"))
         self.close_connection = True
 
 
@@ -143,6 +163,35 @@ def test_dropped_connection_is_retried_then_fails_cleanly(tmp_path, mirror, retr
     message = str(failure.value)
     assert f"{url} (attempt {1 + retries}): connection error" in message
     assert raw_files(tmp_path / "data") == []
+
+
+def test_bad_content_length_moves_on_to_the_next_mirror(tmp_path, mirror):
+    folder, checksums = mirror
+    bad_log, good_log = [], []
+    with serve_folder(folder, BadLengthHandler, bad_log) as bad, \
+            serve_folder(folder, request_log=good_log) as good:
+        download(tmp_path / "data", [bad, good], files=checksums, **offline())
+
+    # A server's malformed answer is not retried: it would answer the same.
+    assert bad_log == good_log == [f"/{name}.gz" for name in checksums]
+    assert raw_files(tmp_path / "data") == sorted(checksums)
+
+    with serve_folder(folder, BadLengthHandler) as bad:
+        with pytest.raises(MnistDownloadError) as failure:
+            download(tmp_path / "data2", [bad], files=checksums, **offline())
+    assert f"{bad} (attempt 1): bad Content-Length header 'many'" in str(failure.value)
+    assert raw_files(tmp_path / "data2") == []
+
+
+def test_invalid_url_moves_on_to_the_next_mirror(tmp_path, mirror):
+    folder, checksums = mirror
+    invalid = "http://127.0.0.1:99999/"  # no such port: requests refuses the URL
+    with pytest.raises(MnistDownloadError) as failure:
+        download(tmp_path / "data", [invalid], files=checksums, **offline())
+    assert f"{invalid} (attempt 1): request failed: Failed to parse" in str(failure.value)
+
+    download(tmp_path / "data", [invalid, str(folder)], files=checksums, **offline())
+    assert raw_files(tmp_path / "data") == sorted(checksums)
 
 
 def test_timeout_is_reported_after_one_retry(tmp_path, mirror):
