@@ -186,9 +186,6 @@ def _fetch(mirror, name, md5, target, timeout, progress):
         raise _MirrorFailure(f"request failed: {error}", permanent=True) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise _MirrorFailure(f"bad gzip data: {error}") from None
-    except (FileNotFoundError, NotADirectoryError) as error:
-        raise _MirrorFailure(f"missing local file {error.filename}",
-                             permanent=True) from None
 
 
 @contextmanager
@@ -213,7 +210,16 @@ def _open_source(mirror, filename, timeout):
         if mirror.startswith("file://"):
             mirror = url2pathname(urlparse(mirror).path)
         path = Path(mirror) / filename
-        with path.open("rb") as stream:
+        try:
+            stream = path.open("rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise _MirrorFailure(f"missing local file {path}",
+                                 permanent=True) from None
+        except OSError as error:  # e.g. a folder of that name, no permission
+            raise _MirrorFailure(
+                f"cannot read local file {path}: {error.strerror}",
+                permanent=True) from None
+        with stream:
             yield stream, path.stat().st_size
 
 
@@ -405,20 +411,52 @@ def _parse_args(argv):
         help="only try the --mirror sources, never the built-in internet "
              "mirrors")
     parser.add_argument(
-        "--timeout", type=float, default=30, metavar="SECONDS",
+        "--timeout", type=_seconds, default=30, metavar="SECONDS",
         help="give up on a mirror that does not connect or send data for this "
              "long (default: 30)")
     parser.add_argument(
-        "--retries", type=int, default=1,
+        "--retries", type=_count, default=1,
         help="extra attempts per mirror after a failure that may be "
              "temporary (default: 1)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # mkdir can make ROOT/MNIST/raw if the nearest of it and its parents that
+    # exists is a folder.
+    raw = _raw_folder(args.root)
+    nearest = next(path for path in (raw, *raw.parents) if path.exists())
+    if not nearest.is_dir():
+        parser.error(f"--root {args.root}: {nearest} is a file, not a folder")
+    return args
+
+
+def _seconds(text):
+    """argparse type: a finite number of seconds above 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:  # also false for nan
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds above 0, got {text!r}")
+    return seconds
+
+
+def _count(text):
+    """argparse type: a whole number, 0 or more."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number, 0 or more, got {text!r}")
+    return count
 
 
 def main(argv=None, files=None):
     """Command-line entry point; returns the exit status.
 
     0: installed, 1: no mirror delivered a file, 130: interrupted (Ctrl-C).
+    A bad command line exits with status 2 and one line of error (argparse).
 
     files overrides ``FILES`` (name -> MD5), e.g. for tests with small files.
     """

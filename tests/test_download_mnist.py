@@ -241,6 +241,22 @@ def test_missing_local_file_is_reported(tmp_path, mirror):
     assert f"missing local file {folder / missing}.gz" in str(failure.value)
 
 
+def test_folder_named_like_a_gz_file_moves_on_to_the_next_mirror(tmp_path, mirror):
+    folder, checksums = mirror
+    odd = tmp_path / "odd"
+    for name in checksums:
+        (odd / f"{name}.gz").mkdir(parents=True)
+    with pytest.raises(MnistDownloadError) as failure:
+        download(tmp_path / "data", [str(odd)], files=checksums, **offline())
+    first = next(iter(checksums))
+    message = str(failure.value)
+    assert f"{odd} (attempt 1): cannot read local file {odd / first}.gz" in message
+    assert "attempt 2" not in message  # a folder stays a folder: not retried
+
+    download(tmp_path / "data", [str(odd), str(folder)], files=checksums, **offline())
+    assert raw_files(tmp_path / "data") == sorted(checksums)
+
+
 def test_unsupported_url_is_reported(tmp_path, mirror):
     _, checksums = mirror
     with pytest.raises(MnistDownloadError, match="unsupported URL"):
@@ -353,6 +369,29 @@ def test_help_describes_every_option(capsys):
     help_text = capsys.readouterr().out
     for option in ("--root", "--mirror", "--no-default-mirrors", "--timeout", "--retries"):
         assert option in help_text
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--timeout", "0"], "argument --timeout: expected a finite number of seconds above 0, got '0'"),
+    (["--timeout", "-1"], "argument --timeout: expected a finite number of seconds above 0, got '-1'"),
+    (["--timeout", "nan"], "argument --timeout: expected a finite number of seconds above 0, got 'nan'"),
+    (["--timeout", "inf"], "argument --timeout: expected a finite number of seconds above 0, got 'inf'"),
+    (["--retries", "-1"], "argument --retries: expected a whole number, 0 or more, got '-1'"),
+    (["--retries", "1.5"], "argument --retries: expected a whole number, 0 or more, got '1.5'"),
+    (["--root", "{file}"], "--root {file}: {file} is a file, not a folder"),
+    (["--root", "{file}/sub"], "--root {file}/sub: {file} is a file, not a folder"),
+], ids=["timeout 0", "timeout -1", "timeout nan", "timeout inf", "retries -1", "retries 1.5",
+        "root is a file", "root inside a file"])
+def test_bad_command_line_value_is_one_clear_error(tmp_path, capsys, arguments, message):
+    file = tmp_path / "file"
+    file.write_bytes(b"")
+    arguments = [argument.format(file=file) for argument in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments + ["--mirror", str(tmp_path / "nowhere"), "--no-default-mirrors"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.splitlines()[-1].endswith(f"error: {message.format(file=file)}")
+    assert "Traceback" not in error
 
 
 def test_load_mnist_missing_file_names_file_and_command(tmp_path):
