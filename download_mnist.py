@@ -23,6 +23,13 @@ and renamed only once its MD5 is right, so an interrupted or corrupt download
 never leaves a half-written file behind. Files that are already present with
 the right MD5 are not downloaded again.
 
+A mirror gets ``--timeout`` seconds (default 30) to connect and for each read,
+and ``--deadline`` seconds (default 600) per file, from the request to its last
+byte: a mirror that sends a byte now and then never times out, but is not
+waited for either. A mirror that fails in any way (no answer, an HTTP error,
+bad data, a wrong MD5) is left for the next one, after ``--retries`` more
+tries if the failure may be temporary.
+
 The idx format
 --------------
 Each file is a big-endian header followed by the raw data:
@@ -47,6 +54,7 @@ import re
 import shlex
 import struct
 import sys
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,14 +111,18 @@ class _MirrorFailure(Exception):
 # Downloading
 # --------------------------------------------------------------------------
 
-def download_mnist(root="data", mirrors=(), files=None, timeout=30, retries=1,
-                   progress=True, default_mirrors=True):
+def download_mnist(root="data", mirrors=(), files=None, timeout=30,
+                   deadline=600, retries=1, progress=True,
+                   default_mirrors=True):
     """Install the MNIST files into ROOT/MNIST/raw/ and return their paths.
 
     mirrors: extra sources tried before ``MIRRORS``; each is an http(s) URL,
         a file:// URL or a local directory holding the ``.gz`` files.
     files: name -> MD5 of the uncompressed file; defaults to ``FILES``.
     timeout: seconds to wait for a mirror to connect and for each read.
+    deadline: seconds one file may take from one mirror, from the request to
+        its last byte; checked whenever data arrives (a mirror that stops
+        sending is caught by ``timeout``).
     retries: extra attempts per mirror after a failure that may be temporary.
     progress: show a progress bar per file, messages and a final summary.
     default_mirrors: also try ``MIRRORS``; set to False to stay offline.
@@ -131,7 +143,7 @@ def download_mnist(root="data", mirrors=(), files=None, timeout=30, retries=1,
                 continue
             _say(progress, f"{path} has the wrong MD5, downloading it again")
         mirror = _fetch_from_mirrors(name, md5, target, sources, root,
-                                     timeout, retries, progress)
+                                     timeout, deadline, retries, progress)
         installed.append((path, mirror))
 
     if progress:
@@ -153,14 +165,15 @@ def ensure_mnist(root="data", mirrors=(), **options):
     return download_mnist(root, mirrors, **options)
 
 
-def _fetch_from_mirrors(name, md5, target, mirrors, root, timeout, retries,
-                        progress):
+def _fetch_from_mirrors(name, md5, target, mirrors, root, timeout, deadline,
+                        retries, progress):
     """Try each mirror in turn until one delivers NAME; return that mirror."""
     failures = []
     for mirror in mirrors:
         for attempt in range(1, retries + 2):
             try:
-                _fetch(mirror, name, md5, target, timeout, progress)
+                _fetch(mirror, name, md5, target, timeout, deadline,
+                       progress)
                 return mirror
             except _MirrorFailure as failure:
                 failures.append(f"{mirror} (attempt {attempt}): {failure}")
@@ -170,20 +183,26 @@ def _fetch_from_mirrors(name, md5, target, mirrors, root, timeout, retries,
     raise MnistDownloadError(_failure_message(name, failures, root))
 
 
-def _fetch(mirror, name, md5, target, timeout, progress):
+def _fetch(mirror, name, md5, target, timeout, deadline, progress):
     """Stream NAME.gz from MIRROR, unzip it and install it as TARGET/NAME.
 
     Translates everything that can go wrong into a _MirrorFailure.
     """
+    give_up_at = time.monotonic() + deadline
     try:
         with _open_source(mirror, name + ".gz", timeout) as (stream, size):
-            _install_verified(stream, size, target / name, md5, progress)
+            _install_verified(_DeadlineReader(stream, give_up_at), size,
+                              target / name, md5, progress)
+    except _DeadlinePassed:
+        raise _MirrorFailure(f"not complete after {deadline} s, the deadline "
+                             "for one file") from None
     except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
         raise _MirrorFailure(f"timed out after {timeout} s") from None
     except (requests.ConnectionError, urllib3.exceptions.HTTPError) as error:
         raise _MirrorFailure(f"connection error: {_brief(error)}") from None
     except requests.RequestException as error:  # invalid URL, redirect loop
-        raise _MirrorFailure(f"request failed: {error}", permanent=True) from None
+        raise _MirrorFailure(f"request failed: {error}",
+                             permanent=True) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise _MirrorFailure(f"bad gzip data: {error}") from None
 
@@ -221,6 +240,37 @@ def _open_source(mirror, filename, timeout):
                 permanent=True) from None
         with stream:
             yield stream, path.stat().st_size
+
+
+class _DeadlinePassed(Exception):
+    """A file took longer than its deadline to arrive."""
+
+
+class _DeadlineReader:
+    """The read() that GzipFile calls, on STREAM, until a deadline.
+
+    A plain read(n) of a network stream waits until all n bytes are there,
+    however slowly they come. This one gathers them from the stream's read1,
+    which returns what one system call brings, and checks the clock before
+    each: _DeadlinePassed once time.monotonic() is past GIVE_UP_AT.
+    """
+
+    def __init__(self, stream, give_up_at):
+        # Responses of urllib3 1.x have no read1: there the clock is checked
+        # only between whole reads.
+        self.read_some = getattr(stream, "read1", stream.read)
+        self.give_up_at = give_up_at
+
+    def read(self, size):
+        """SIZE bytes, fewer only at the end of the stream."""
+        data = bytearray()
+        while len(data) < size:
+            if time.monotonic() > self.give_up_at:
+                raise _DeadlinePassed
+            if not (chunk := self.read_some(size - len(data))):
+                break
+            data += chunk
+        return bytes(data)
 
 
 def _announced_size(headers):
@@ -415,6 +465,11 @@ def _parse_args(argv):
         help="give up on a mirror that does not connect or send data for this "
              "long (default: 30)")
     parser.add_argument(
+        "--deadline", type=_seconds, default=600, metavar="SECONDS",
+        help="give up on a mirror that has not delivered a whole file this "
+             "long after it was asked for it, however slowly data keeps "
+             "coming (default: 600)")
+    parser.add_argument(
         "--retries", type=_count, default=1,
         help="extra attempts per mirror after a failure that may be "
              "temporary (default: 1)")
@@ -463,7 +518,8 @@ def main(argv=None, files=None):
     args = _parse_args(argv)
     try:
         download_mnist(args.root, args.mirror, files=files,
-                       timeout=args.timeout, retries=args.retries,
+                       timeout=args.timeout, deadline=args.deadline,
+                       retries=args.retries,
                        default_mirrors=not args.no_default_mirrors)
     except MnistDownloadError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import urllib3
 
 import download_mnist
 from download_mnist import (FILES, MnistDownloadError, download_mnist as download,
@@ -217,6 +219,51 @@ def test_timeout_is_reported_after_one_retry(tmp_path, mirror):
     assert raw_files(tmp_path / "data") == []
 
 
+def test_deadline_gives_up_on_a_dripping_mirror(tmp_path, mirror, capsys):
+    folder, checksums = mirror
+    name = next(iter(checksums))
+    stop = threading.Event()
+
+    class DrippingHandler(AnsweringHandler):
+        """Sends a byte every 0.1 s: always in time for --timeout, never done."""
+
+        def do_GET(self):
+            data = self.start_answer()
+            for start in range(len(data)):
+                if stop.wait(0.1):
+                    return
+                try:
+                    self.wfile.write(data[start:start + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the downloader gave up
+
+    root = tmp_path / "data"
+    with serve_folder(folder, DrippingHandler) as dripping, serve_folder(folder) as good:
+        started = time.monotonic()
+        try:
+            status = main(["--root", str(root), "--mirror", dripping, "--mirror", good,
+                           "--no-default-mirrors", "--timeout", "5", "--deadline", "1",
+                           "--retries", "0"], files={name: checksums[name]})
+        finally:
+            stop.set()
+        seconds = time.monotonic() - started
+
+    assert status == 0 and raw_files(root) == [name]
+    output = capsys.readouterr()
+    assert f"{name}.gz from {dripping}: not complete after 1.0 s" in output.err
+    assert f"downloaded from {good}" in output.out
+    assert 1 <= seconds < 3
+
+
+def test_http_download_works_without_read1(tmp_path, mirror, monkeypatch):
+    for response_class in urllib3.response.HTTPResponse.__mro__[:2]:
+        monkeypatch.delattr(response_class, "read1")  # as in urllib3 1.x
+    folder, checksums = mirror
+    with serve_folder(folder) as url:
+        download(tmp_path / "data", [url], files=checksums, **offline())
+    assert raw_files(tmp_path / "data") == sorted(checksums)
+
+
 @pytest.mark.parametrize("kind", ["directory", "relative directory", "file URL"])
 def test_local_mirror(tmp_path, mirror, monkeypatch, kind):
     folder, checksums = mirror
@@ -367,31 +414,45 @@ def test_help_describes_every_option(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for option in ("--root", "--mirror", "--no-default-mirrors", "--timeout", "--retries"):
+    for option in ("--root", "--mirror", "--no-default-mirrors", "--timeout", "--deadline",
+                   "--retries"):
         assert option in help_text
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--timeout", "0"], "argument --timeout: expected a finite number of seconds above 0, got '0'"),
-    (["--timeout", "-1"], "argument --timeout: expected a finite number of seconds above 0, got '-1'"),
-    (["--timeout", "nan"], "argument --timeout: expected a finite number of seconds above 0, got 'nan'"),
-    (["--timeout", "inf"], "argument --timeout: expected a finite number of seconds above 0, got 'inf'"),
-    (["--retries", "-1"], "argument --retries: expected a whole number, 0 or more, got '-1'"),
-    (["--retries", "1.5"], "argument --retries: expected a whole number, 0 or more, got '1.5'"),
-    (["--root", "{file}"], "--root {file}: {file} is a file, not a folder"),
-    (["--root", "{file}/sub"], "--root {file}/sub: {file} is a file, not a folder"),
-], ids=["timeout 0", "timeout -1", "timeout nan", "timeout inf", "retries -1", "retries 1.5",
-        "root is a file", "root inside a file"])
-def test_bad_command_line_value_is_one_clear_error(tmp_path, capsys, arguments, message):
-    file = tmp_path / "file"
-    file.write_bytes(b"")
-    arguments = [argument.format(file=file) for argument in arguments]
+def command_line_error(arguments, capsys):
+    """Run main(ARGUMENTS) offline; check it exits with status 2; return its last line."""
     with pytest.raises(SystemExit) as exit_info:
-        main(arguments + ["--mirror", str(tmp_path / "nowhere"), "--no-default-mirrors"])
+        main(arguments + ["--mirror", "nowhere", "--no-default-mirrors"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert error.splitlines()[-1].endswith(f"error: {message.format(file=file)}")
     assert "Traceback" not in error
+    return error.splitlines()[-1]
+
+
+SECONDS = "a finite number of seconds above 0"
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--timeout", "0", SECONDS),
+    ("--timeout", "-1", SECONDS),
+    ("--timeout", "nan", SECONDS),
+    ("--timeout", "inf", SECONDS),
+    ("--deadline", "0", SECONDS),
+    ("--retries", "-1", "a whole number, 0 or more"),
+    ("--retries", "1.5", "a whole number, 0 or more"),
+])
+def test_bad_number_is_one_clear_error(capsys, option, value, expected):
+    last_line = command_line_error([option, value], capsys)
+    assert last_line.endswith(f"error: argument {option}: expected {expected}, got {value!r}")
+
+
+@pytest.mark.parametrize("under", ["", "/sub"])
+def test_root_that_is_a_file_is_one_clear_error(tmp_path, capsys, under):
+    file = tmp_path / "file"
+    file.write_bytes(b"")
+    root = f"{file}{under}"
+    last_line = command_line_error(["--root", root], capsys)
+    assert last_line.endswith(f"error: --root {root}: {file} is a file, not a folder")
 
 
 def test_load_mnist_missing_file_names_file_and_command(tmp_path):
