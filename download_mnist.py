@@ -18,10 +18,12 @@ how a mirror compressed the file) and stores it under ``ROOT/MNIST/raw/``:
 This is the layout ``torchvision.datasets.MNIST(root="data")`` reads, but the
 rest of this project uses ``load_mnist`` below, which needs no torchvision.
 
-A file is first written to a temporary ``.part`` file next to its final name
-and renamed only once its MD5 is right, so an interrupted or corrupt download
-never leaves a half-written file behind. Files that are already present with
-the right MD5 are not downloaded again.
+A file is first written to a temporary ``NAME.PID.part`` file next to its
+final name and renamed only once its MD5 is right, so an interrupted or corrupt
+download never leaves a half-written file behind: Ctrl-C and SIGTERM delete
+it on their way out, and the ones that a run killed outright (SIGKILL, a
+crash) left behind are deleted by the next run. Files that are already present
+with the right MD5 are not downloaded again.
 
 A mirror gets ``--timeout`` seconds (default 30) to connect and for each read,
 and ``--deadline`` seconds (default 600) per file, from the request to its last
@@ -52,11 +54,13 @@ import math
 import os
 import re
 import shlex
+import signal
 import struct
 import sys
+import threading
 import time
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -89,6 +93,9 @@ SPLITS = {"train": "train", "test": "t10k"}  # split -> file name prefix
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 IMAGE_SIZE = 28
 CHUNK_SIZE = 1 << 20  # bytes handled at a time while streaming
+# The name of a file while it is downloaded: NAME.PID.part (see
+# _install_verified), with the NAME and the PID of the process writing it.
+PART_NAME = re.compile(r"(?P<name>.+)\.(?P<pid>[0-9]+)\.part")
 
 
 class MnistDownloadError(RuntimeError):
@@ -133,6 +140,7 @@ def download_mnist(root="data", mirrors=(), files=None, timeout=30,
     sources = list(mirrors) + (list(MIRRORS) if default_mirrors else [])
     target = _raw_folder(root)
     target.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(target, files, progress)
 
     installed = []  # (path, mirror it came from, or None if already there)
     for name, md5 in files.items():
@@ -163,6 +171,40 @@ def ensure_mnist(root="data", mirrors=(), **options):
     if all(path.exists() for path in paths):
         return paths
     return download_mnist(root, mirrors, **options)
+
+
+def _remove_stale_parts(folder, names, progress):
+    """Delete the .part files that killed runs left in FOLDER.
+
+    Only files named like ours (``PART_NAME``), for one of NAMES, whose PID is
+    no running process's: a download running at the same time keeps its file.
+    """
+    for path in folder.iterdir():
+        part = PART_NAME.fullmatch(path.name)
+        if (part and part["name"] in names
+                and not _is_running(int(part["pid"]))):
+            with suppress(OSError):  # someone else's file, or in use (Windows)
+                path.unlink()
+                _say(progress, f"removed {path}, left by an interrupted run")
+
+
+def _is_running(pid):
+    """Whether a process other than this one has this PID."""
+    if pid == os.getpid():
+        # This run has written nothing yet, so a killed run that had the same
+        # PID wrote it: PIDs come round again, in containers soon.
+        return False
+    if os.name == "nt":
+        # os.kill would end the process; and a file that another process is
+        # writing cannot be deleted there anyway.
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except (ProcessLookupError, OverflowError):  # none, or too big to be one
+        return False
+    except PermissionError:  # it exists, and is another user's
+        pass
+    return True
 
 
 def _fetch_from_mirrors(name, md5, target, mirrors, root, timeout, deadline,
@@ -291,9 +333,10 @@ def _install_verified(stream, size, path, md5, progress):
 
     The temporary file lives next to PATH, so the final rename is atomic; its
     name holds our process id, so two runs at once do not write to the same
-    file. It is deleted whatever happens (error, Ctrl-C) unless renamed.
+    file. It is deleted whatever happens (error, Ctrl-C, SIGTERM in main())
+    unless renamed; if the process is killed outright, by the next run.
     """
-    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")  # see PART_NAME
     try:
         with part.open("wb") as out:
             digest = _gunzip(stream, out, size, path.name, progress)
@@ -510,24 +553,55 @@ def _count(text):
 def main(argv=None, files=None):
     """Command-line entry point; returns the exit status.
 
-    0: installed, 1: no mirror delivered a file, 130: interrupted (Ctrl-C).
+    0: installed, 1: no mirror delivered a file, 130: interrupted by Ctrl-C,
+    143: by SIGTERM (128 + the signal's number, as a shell reports it).
     A bad command line exits with status 2 and one line of error (argparse).
 
     files overrides ``FILES`` (name -> MD5), e.g. for tests with small files.
     """
     args = _parse_args(argv)
     try:
-        download_mnist(args.root, args.mirror, files=files,
-                       timeout=args.timeout, deadline=args.deadline,
-                       retries=args.retries,
-                       default_mirrors=not args.no_default_mirrors)
+        with _sigterm_raises_terminated():
+            download_mnist(args.root, args.mirror, files=files,
+                           timeout=args.timeout, deadline=args.deadline,
+                           retries=args.retries,
+                           default_mirrors=not args.no_default_mirrors)
     except MnistDownloadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; no partial file was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        signum = (signal.SIGTERM if isinstance(interrupt, _Terminated)
+                  else signal.SIGINT)
+        print(f"\ninterrupted ({signum.name}); no partial file was kept",
+              file=sys.stderr)
+        return 128 + signum
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM as a KeyboardInterrupt, so that the same cleanup runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+@contextmanager
+def _sigterm_raises_terminated():
+    """Make SIGTERM raise _Terminated within the block.
+
+    Left alone, SIGTERM ends Python at once and leaves the .part file behind.
+    Python lets only the main thread set a signal handler; called from
+    another thread, this leaves SIGTERM as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ replaced by a dead 127.0.0.1 address, so no test can go online by mistake.
 
 import gzip
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -141,6 +142,27 @@ class DroppingHandler(AnsweringHandler):
         data = self.start_answer()
         self.wfile.write(data[:len(data) // 2])
         self.close_connection = True
+
+
+def stalling_halfway(raw, then, release):
+    """A handler class that sends half of a file and then stalls.
+
+    Once the downloader's .part file is in RAW it calls THEN(), and it sends
+    nothing more until RELEASE is set.
+    """
+
+    class StallingHalfwayHandler(AnsweringHandler):
+        def do_GET(self):
+            data = self.start_answer()
+            self.wfile.write(data[:len(data) // 2])
+            give_up = time.monotonic() + 60
+            while not any(raw.glob("*.part")):
+                assert time.monotonic() < give_up, "no .part file appeared"
+                time.sleep(0.01)
+            then()
+            release.wait(60)
+
+    return StallingHalfwayHandler
 
 
 class BadLengthHandler(AnsweringHandler):
@@ -384,6 +406,85 @@ def test_interrupted_download_leaves_nothing(tmp_path, mirror, monkeypatch, caps
                    "--no-default-mirrors"], files=checksums)
     assert status == 130 and "interrupted" in capsys.readouterr().err
     assert raw_files(tmp_path / "data") == []
+
+
+posix_signals = pytest.mark.skipif(sys.platform == "win32",
+                                   reason="Windows ends a process at once instead of signalling it")
+
+
+@posix_signals
+def test_sigterm_stops_the_script_like_ctrl_c(tmp_path, mirror):
+    folder, _ = mirror  # the real file names; the download never gets to the MD5
+    stalled, release = threading.Event(), threading.Event()
+    handler = stalling_halfway(tmp_path / "data" / "MNIST" / "raw", stalled.set, release)
+    with serve_folder(folder, handler) as url:
+        process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--root", "data", "--mirror", url,
+             "--no-default-mirrors"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert stalled.wait(60)  # its .part file is there
+            process.terminate()
+            _, error = process.communicate(timeout=60)
+        finally:
+            process.kill()  # no-op once it has ended
+            release.set()
+
+    assert process.returncode == 143  # 128 + SIGTERM, as 130 is 128 + SIGINT for Ctrl-C
+    assert error.splitlines()[-1] == "interrupted (SIGTERM); no partial file was kept"
+    assert raw_files(tmp_path / "data") == []
+
+
+@posix_signals
+def test_sigterm_turned_into_keyboard_interrupt_by_a_caller_leaves_nothing(tmp_path, mirror):
+    """main.py makes SIGTERM raise KeyboardInterrupt, here inside a read of the download."""
+    folder, checksums = mirror
+    root = tmp_path / "data"
+    release = threading.Event()
+    handler = stalling_halfway(
+        root / "MNIST" / "raw",
+        lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM), release)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with serve_folder(folder, handler) as url, pytest.raises(KeyboardInterrupt):
+            ensure_mnist(root, [url], files=checksums, **offline())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release.set()
+    assert raw_files(root) == []
+
+
+def test_main_restores_sigterm_and_runs_outside_the_main_thread(tmp_path, mirror):
+    folder, checksums = mirror
+    arguments = ["--mirror", str(folder), "--no-default-mirrors"]
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--root", str(tmp_path / "data"), *arguments], files=checksums) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    statuses = []  # only the main thread may set a signal handler
+    thread = threading.Thread(target=lambda: statuses.append(
+        main(["--root", str(tmp_path / "data2"), *arguments], files=checksums)))
+    thread.start()
+    thread.join(60)
+    assert statuses == [0]
+
+
+def test_a_later_run_removes_part_files_of_killed_runs_only(tmp_path, mirror):
+    folder, checksums = mirror
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()  # its PID is now no process's
+    name = next(iter(checksums))
+    stale = [f"{name}.{ended.pid}.part",
+             f"{name}.{os.getpid()}.part"]  # ours, from a killed run with the same PID
+    kept = [f"{name}.{os.getppid()}.part",  # as if that process were downloading too
+            f"{name}.part", f"{name}.x{ended.pid}.part", f"other.{ended.pid}.part", "notes.txt"]
+    for filename in stale + kept:
+        (raw / filename).write_bytes(b"partial")
+
+    download(tmp_path / "data", [str(folder)], files=checksums, **offline())
+    assert raw_files(tmp_path / "data") == sorted([*checksums, *kept])
 
 
 def test_default_mirrors_are_tried_after_given_ones(tmp_path, dead_default_mirror, capsys):
