@@ -20,10 +20,10 @@ rest of this project uses ``load_mnist`` below, which needs no torchvision.
 
 A file is first written to a temporary ``NAME.PID.part`` file next to its
 final name and renamed only once its MD5 is right, so an interrupted or corrupt
-download never leaves a half-written file behind: Ctrl-C and SIGTERM delete
-it on their way out, and the ones that a run killed outright (SIGKILL, a
-crash) left behind are deleted by the next run. Files that are already present
-with the right MD5 are not downloaded again.
+download never leaves a half-written file behind: Ctrl-C, and SIGTERM on the
+command line, delete it on the way out, and the ones that a run killed
+outright (SIGKILL, a crash) left behind are deleted by the next run. Files that
+are already present with the right MD5 are not downloaded again.
 
 A mirror gets ``--timeout`` seconds (default 30) to connect and for each read,
 and ``--deadline`` seconds (default 600) per file, from the request to its last
