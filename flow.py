@@ -162,13 +162,19 @@ class _Reorder(torch.autograd.Function):
 
     Plain indexing would scatter-add the gradient back, several times slower. Forward
     too, `torch.gather` with the order broadcast over the batch is about four times
-    faster on a CPU than `x[:, order]`.
+    faster on a CPU than `x[:, order]`. Written with `setup_context`, so that torch.func
+    (jacrev, vmap) can transform it too.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, order, inverse_order):
-        ctx.save_for_backward(inverse_order)
+    def forward(x, order, inverse_order):
         return _gather_features(x, order)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[2])
 
     @staticmethod
     def backward(ctx, grad):
@@ -229,6 +235,10 @@ class CouplingFlow(Composite):
                 f"{type(self).__name__} expects [batch, {', '.join(map(str, self.shape))}], "
                 f"got {list(inputs.shape)}"
             )
+        dtype = self.prior.mean.dtype  # the model's dtype: float64 after .double()
+        if inputs.dtype != dtype:
+            raise TypeError(f"{type(self).__name__} holds {dtype} parameters and got a {inputs.dtype} input; "
+                            f"convert one of them (inputs.to({dtype}) or model.to({inputs.dtype}))")
         return inputs.flatten(1)
 
 

@@ -82,6 +82,17 @@ def test_logdet_matches_autograd_jacobian(factory, shape):
 
 
 @pytest.mark.parametrize("factory, shape", BIJECTIVES)
+def test_logdet_matches_torch_func_jacobian(factory, shape):
+    """The same through torch.func: jacrev over a vmap of samples, as per-sample Jacobians are taken."""
+    module = randomized(factory)
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    _, logdet = module(x)
+    jacobians = torch.func.vmap(torch.func.jacrev(lambda v: module(v.unsqueeze(0))[0].flatten()))(x)
+    slogdet = torch.linalg.slogdet(jacobians.reshape(3, x[0].numel(), -1)).logabsdet
+    torch.testing.assert_close(slogdet, logdet, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("factory, shape", BIJECTIVES)
 def test_every_parameter_gets_a_gradient(factory, shape):
     module = randomized(factory)
     x = torch.randn(5, *shape, dtype=torch.float64, requires_grad=True)

@@ -9,25 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import main
 from download_mnist import load_mnist
 from fake_mnist import write_fake_mnist_raw
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_MODEL = ["--couplings", "1", "--hidden", "16", "--depth", "1", "--batch-size", "40", "--device", "cpu"]
+TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "40", "--device", "cpu"]
 
 # Trains through main.train like `torchrun main.py` does, then saves each process's weights.
 WRAPPER = """
 import sys
 import torch
 sys.path.insert(0, sys.argv.pop(1))
+import distributed
 import main
-from download_mnist import load_mnist
+import training
 args = main.parse_args(sys.argv[1:])
-device = main.start_distributed(main.pick_device(args.device))
+device = distributed.start(training.pick_device(args.device))
 model, _ = main.train(args, device)
-torch.save(model.state_dict(), f"{args.out}/weights_rank{main.rank()}.pt")
-torch.distributed.destroy_process_group()
+torch.save(model.state_dict(), f"{args.out}/weights_rank{distributed.rank()}.pt")
+distributed.stop()
 """
 
 
@@ -70,18 +72,18 @@ def test_two_processes_train_like_one(data_root, tmp_path):
     rank1 = torch.load(out / "weights_rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
-    assert main.load_checkpoint(out / "latest.pt")["optimizer"]["state"], "the optimizer took steps"
+    assert checkpoints.load(out / "latest.pt")["optimizer"]["state"], "the optimizer took steps"
 
     # The test bits/dim shared between two processes is the single-process figure.
-    state = main.load_checkpoint(out / "latest.pt")
-    model = main.model_from_checkpoint(state, torch.device("cpu"))
+    state = checkpoints.load(out / "latest.pt")
+    model = checkpoints.model_from(state, out / "latest.pt", torch.device("cpu"))
     test_images = load_mnist(data_root, "test")[0].unsqueeze(1)
-    single = main.evaluate(model, test_images, state["model_args"]["alpha"], torch.device("cpu"))
+    single = main.evaluate(model, test_images, state["model_config"]["alpha"], torch.device("cpu"))
     assert abs(single - metrics[-1]["test_bpd"]) < 1e-9
 
     # A distributed --eval of the checkpoint agrees too, and --resume continues under torchrun.
     printed = torchrun(REPO / "main.py", "--data", data_root, "--eval", out / "latest.pt", "--device", "cpu")
     assert printed.strip().splitlines() == [f"test bits/dim: {single:.4f}"]
     torchrun(wrapper, REPO, "--data", data_root, "--out", out, *TINY_MODEL, "--epochs", "3", "--resume")
-    assert main.load_checkpoint(out / "latest.pt")["epoch"] == 3
+    assert checkpoints.load(out / "latest.pt")["epoch"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3

@@ -72,3 +72,12 @@ def test_flow_without_prior_has_no_density():
         Composite([]).sample(2)
     with pytest.raises(NotImplementedError):
         Flow()(torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("build", [NICE.build, RealNVP.build], ids=["nice", "realnvp"])
+def test_an_input_of_another_dtype_than_the_model_is_a_clear_error(build):
+    model = build([8], blocks=1, hidden=4).double()
+    with pytest.raises(TypeError, match=r"holds torch.float64 parameters and got a torch.float32 input"):
+        model(torch.randn(2, 8))
+    with pytest.raises(TypeError, match=r"holds torch.float64 parameters and got a torch.float32 input"):
+        model.inverse(torch.randn(2, 8))

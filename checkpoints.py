@@ -1,0 +1,91 @@
+"""Checkpoints: written so that a crash never loses one, read so that a bad file is one line.
+
+A checkpoint is a dict (see `main.checkpoint`) that holds the model config, the weights,
+the optimizer, the epochs done and the random state, so --resume, --eval and --sample
+rebuild everything from the file alone (as nanoGPT's do).
+
+`save` writes to a temporary file in the same folder, flushes it to disk and renames it
+into place: at any moment the old or the new checkpoint is complete on disk. A save
+first removes the temporaries that a killed process left behind.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from models import MODELS, build_model
+
+FORMAT = "flows-tutorial-checkpoint-v2"
+KEYS = {"format", "model_config", "model", "optimizer", "epoch", "rng", "data_order_rng",
+        "best_valid_bpd", "train_seconds"}
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable or not this project's: reported in one line."""
+
+
+def save(path, state):
+    """torch.save to a temporary file in the same folder, then rename: never half-written."""
+    path = Path(path)
+    for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a process killed while saving
+        stale.unlink(missing_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load(path):
+    """The checkpoint at `path`, checked to be complete; CheckpointError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__})") from None
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("flows-tutorial-checkpoint"):
+        raise CheckpointError(f"{path} is not a checkpoint written by this project's main.py")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{path} was written by an older main.py ({state['format']}, this one reads {FORMAT}); "
+                              "train it again")
+    missing = KEYS - state.keys()
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(sorted(missing))}")
+    return state
+
+
+def model_from(state, path, device):
+    """The flow a checkpoint holds, with its weights, on `device`."""
+    config = state["model_config"]
+    if not isinstance(config, dict) or config.get("model") not in MODELS:
+        raise CheckpointError(f"{path} holds an unknown model config: {config!r}")
+    try:
+        model = build_model(config)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} holds a model config that builds no model ({error})") from None
+    load_weights(model, state, path)
+    return model.to(device)
+
+
+def load_weights(model, state, path):
+    """The checkpoint's weights into `model`; CheckpointError, naming the first misfit, where they do not fit."""
+    expected, weights = model.state_dict(), state["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path} holds no weights")
+    problems = [f"missing {name}" for name in expected if name not in weights]
+    problems += [f"unexpected {name}" for name in weights if name not in expected]
+    problems += [f"{name} is {list(weights[name].shape)}, not {list(tensor.shape)}"
+                 for name, tensor in expected.items() if name in weights and weights[name].shape != tensor.shape]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{path} does not fit its model config: {problems[0]}{more}")
+    model.load_state_dict(weights)

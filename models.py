@@ -1,0 +1,71 @@
+"""The flows main.py trains, built from a model config: a dict of plain values.
+
+    {"model": "realnvp", "shape": [1, 28, 28], "alpha": 1e-6,
+     "blocks": 8, "hidden": 512, "depth": 2, "actnorm": True, "shuffle": True, ...}
+
+`model_config(args)` makes one from the command line, every checkpoint stores one, and
+`build_model(config)` rebuilds the same flow from it, so a checkpoint needs nothing but
+itself. `alpha` is the logit squash of pixels.py: not part of the flow, but part of the
+density it is trained and scored on.
+"""
+import argparse
+
+from nice import NICE
+from realnvp import RealNVP
+
+IMAGE_SHAPE = (1, 28, 28)
+MODELS = {"realnvp": RealNVP, "nice": NICE}
+# RealNVP's options beyond the shared ones, with their defaults.
+REALNVP_OPTIONS = {"actnorm": True, "shuffle": True, "mixing": False, "dropout": 0.0}
+SHARED_KEYS = ("model", "shape", "alpha", "blocks", "hidden", "depth")
+
+
+def add_model_arguments(parser):
+    """The model flags, as main.py and the benchmark take them."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", choices=sorted(MODELS), default="realnvp", help="which flow to train")
+    group.add_argument("--blocks", type=int, default=8, help="number of blocks F = f0 o f1, two couplings each")
+    group.add_argument("--couplings", type=int, dest="blocks", help=argparse.SUPPRESS)  # the old name of --blocks
+    group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP")
+    group.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP")
+    group.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v (pixels.py)")
+    realnvp = parser.add_argument_group("RealNVP only (an error with --model nice)")
+    realnvp.add_argument("--actnorm", action=argparse.BooleanOptionalAction, default=None,
+                         help="an ActNorm layer before each block, initialised from data (default: on)")
+    realnvp.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
+                         help="a fixed random permutation of the pixels between blocks (default: on)")
+    realnvp.add_argument("--mixing", action=argparse.BooleanOptionalAction, default=None,
+                         help="a learned invertible linear map (LU form, layers.py) between blocks; "
+                              "replaces the permutation (default: off)")
+    realnvp.add_argument("--dropout", type=float, default=None,
+                         help="dropout probability on the coupling nets' hidden layers, in training only (default: 0)")
+
+
+def model_config(args, parser):
+    """The model config from parsed flags; a bad or inapplicable flag is `parser.error` (exit 2)."""
+    for flag in ("blocks", "hidden", "depth"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if not 0 < args.alpha < 0.5:
+        parser.error(f"--alpha must lie in (0, 0.5), got {args.alpha}")
+    config = dict(zip(SHARED_KEYS, [args.model, list(IMAGE_SHAPE), args.alpha, args.blocks, args.hidden, args.depth]))
+    given = {name: getattr(args, name) for name in REALNVP_OPTIONS if getattr(args, name) is not None}
+    if args.model != "realnvp":
+        if given:
+            flag = next(iter(given))
+            parser.error(f"--{flag} applies to --model realnvp only, not --model {args.model}")
+        return config
+    config.update({**REALNVP_OPTIONS, **given})
+    if not 0 <= config["dropout"] < 1:
+        parser.error(f"--dropout must lie in [0, 1), got {config['dropout']}")
+    return config
+
+
+def build_model(config):
+    """The flow a model config describes (untrained); ValueError for an incomplete config."""
+    keys = set(SHARED_KEYS) | (set(REALNVP_OPTIONS) if config.get("model") == "realnvp" else set())
+    if set(config) != keys:
+        raise ValueError(f"a {config.get('model')} config has the keys {', '.join(sorted(keys))}; "
+                         f"got {', '.join(sorted(config))}")
+    options = {name: value for name, value in config.items() if name not in ("model", "shape", "alpha")}
+    return MODELS[config["model"]].build(config["shape"], **options)

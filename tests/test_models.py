@@ -1,0 +1,48 @@
+"""models.py: the model flags, the config they make, and the flow built from it."""
+import argparse
+
+import pytest
+
+from models import add_model_arguments, build_model, model_config
+from nice import NICE
+from realnvp import RealNVP
+
+
+def config_from(*flags):
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    return model_config(parser.parse_args(flags), parser)
+
+
+def test_defaults_are_realnvp_with_actnorm_and_shuffle():
+    config = config_from()
+    assert config == {"model": "realnvp", "shape": [1, 28, 28], "alpha": 1e-6, "blocks": 8, "hidden": 512,
+                      "depth": 2, "actnorm": True, "shuffle": True, "mixing": False, "dropout": 0.0}
+
+
+def test_blocks_count_blocks_of_two_couplings_and_the_old_name_still_works():
+    flow = build_model(config_from("--blocks", "3", "--hidden", "8", "--no-actnorm", "--no-shuffle"))
+    assert isinstance(flow, RealNVP) and len(flow.layers) == 2 * 3 + 2  # couplings, and the checkerboard's two
+    assert config_from("--couplings", "3") == config_from("--blocks", "3")
+
+
+def test_nice_config_holds_only_what_nice_takes():
+    config = config_from("--model", "nice", "--blocks", "2", "--hidden", "8")
+    assert set(config) == {"model", "shape", "alpha", "blocks", "hidden", "depth"}
+    assert isinstance(build_model(config), NICE)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "nice", "--mixing"], "--mixing applies to --model realnvp only, not --model nice"),
+    (["--model", "nice", "--no-actnorm"], "--actnorm applies to --model realnvp only"),
+    (["--model", "nice", "--dropout", "0.1"], "--dropout applies to --model realnvp only"),
+    (["--blocks", "0"], "--blocks must be positive"),
+    (["--alpha", "nan"], "--alpha must lie in (0, 0.5)"),
+    (["--dropout", "1"], "--dropout must lie in [0, 1)"),
+])
+def test_a_flag_that_does_not_apply_or_is_out_of_range_is_a_one_line_error(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        config_from(*flags)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert message in error[-1]
