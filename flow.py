@@ -298,3 +298,25 @@ def demonstrate(flow):
     print(f"logdet {logdet[0]:.6f}, autograd slogdet {autograd_logdet:.6f}")
     samples = flow.sample(2)
     print(f"sample {list(samples.shape)}, logProbability {flow.logProbability(samples).tolist()}")
+
+
+if __name__ == "__main__":
+    from prior import Gaussian
+
+    torch.manual_seed(0)
+    # z = P(exp(s) * x) with s = (0.5, -1) and P swapping the two features: if z ~ N(0, I),
+    # then x_i ~ N(0, exp(-s_i)^2), a density torch.distributions can write down.
+    log_scale = torch.tensor([0.5, -1.0])
+    flow = Composite([DiagonalScaling(2), Permutation([1, 0])], prior=Gaussian([2]))
+    with torch.no_grad():
+        flow.layers[0].log_scale.copy_(log_scale)
+    x = torch.randn(3, 2)
+    z, logdet = flow(x)
+    print(f"Composite of {len(flow.layers)} layers: x {list(x.shape)} -> z {list(z.shape)}, "
+          f"logdet = sum(s) = {logdet.tolist()}")
+    print(f"round trip max |x - inverse(forward(x))| = {(flow.inverse(z)[0] - x).abs().max():.2e}")
+    reference = torch.distributions.Normal(0.0, (-log_scale).exp()).log_prob(x).sum(1)
+    print(f"logProbability {[round(v, 4) for v in flow.logProbability(x).tolist()]}, "
+          f"max difference to torch.distributions: {(flow.logProbability(x) - reference).abs().max():.2e}")
+    print(f"sample(10000): standard deviations {[round(v, 3) for v in flow.sample(10000).std(0).tolist()]}, "
+          f"expected exp(-s) = {[round(v, 3) for v in (-log_scale).exp().tolist()]}")
