@@ -3,21 +3,13 @@
     python main.py                         # train with the defaults, data fetched when missing
     python main.py --time-budget 600       # stop training after 10 minutes, then evaluate
     python main.py --eval runs/mnist/best.pt
-    python main.py --sample runs/mnist/best.pt --n 64 --temperature 0.7
+    python main.py --sample runs/mnist/best.pt --temperature 0.7
 
-The lesson, on one line: for a batch of images, loss = -mean log p(v), then backward and
-an optimizer step. pixels.py turns the 8-bit pixels into the dequantized v and its logit
-y, which the flow models, and scores log p(v) in bits/dim (+8 makes a uniform density
-score exactly 8). Reported figures are on the test split, which training never sees; the
-last 5,000 training images are held out to choose the best checkpoint.
-
-Each epoch writes into --out: samples_EPOCH.png, one line of metrics.jsonl, latest.pt and
-(when the validation bits/dim improve) best.pt. Ctrl-C or SIGTERM saves latest.pt and
-exits; --resume goes on from it.
-
-What supports this file lives in modules named for what they hold: models.py (which flow,
-from which flags), training.py (the step: precision, clipping, compile), checkpoints.py,
-pictures.py and distributed.py (torchrun).
+The lesson: for each batch, loss = -mean log p(v) (pixels.py), backward, an optimizer step.
+Each epoch then scores bits/dim on the validation split (the last 5,000 training images,
+which choose best.pt) and on the test split, and writes into --out samples_EPOCH.png, a
+line of metrics.jsonl, latest.pt and best.pt. Ctrl-C or SIGTERM saves latest.pt, and
+--resume goes on from it. The step itself (precision, clipping, compile) is training.py's.
 """
 import argparse
 import json
@@ -38,7 +30,7 @@ from layers import data_dependent_init
 from models import add_model_arguments, build_model, model_config
 from pictures import save_interpolations, save_samples
 from pixels import NegativeLogLikelihood, bits_per_dim, dequantize_and_logit, log_density
-from training import (PRECISIONS, SetupError, TrainingLosses, TrainingStep, cosine_learning_rate,
+from training import (PRECISIONS, SetupError, TrainingClock, TrainingLosses, TrainingStep, cosine_learning_rate,
                       evaluation_mode, make_optimizer, pick_device, pick_precision)
 
 EVAL_NOISE_SEED = 1234  # dequantization noise for evaluation: the same figure every time
@@ -162,7 +154,7 @@ def train(args, device):
     step = TrainingStep(NegativeLogLikelihood(run.model, alpha), run.optimizer, precision, args.compile)
     print_once(describe(run, device, precision, len(train_images)))
 
-    clock = Clock(run.train_seconds)
+    clock = TrainingClock(run.train_seconds)
     losses, test_bpd = TrainingLosses(device), None
     try:
         for epoch in range(run.epochs_done + 1, args.epochs + 1):
@@ -245,25 +237,14 @@ def save_epoch(run, out, metrics):
                f"{metrics['samples_per_s']:.0f} img/s)")
 
 
-class Clock:
-    """Seconds of training over this run and the runs it resumes; under torchrun the
-    slowest process's, so that every process stops at the same step."""
-
-    def __init__(self, seconds_before):
-        self.seconds_before, self.started = seconds_before, time.monotonic()
-
-    def read(self):
-        seconds = torch.tensor(self.seconds_before + time.monotonic() - self.started, dtype=torch.float64)
-        return distributed.all_reduce(seconds, torch.distributed.ReduceOp.MAX).item()
-
-
 def describe(run, device, precision, n_images):
-    config, processes = run.config, world_size()
-    parameters = sum(p.numel() for p in run.model.parameters())
-    return (f"{config['model']}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}, "
-            f"{parameters / 1e6:.1f}M parameters, on {device}{f' x {processes} processes' if processes > 1 else ''}, "
-            f"coupling nets in {str(precision or torch.float32).removeprefix('torch.')}; {n_images} training images"
-            f"{'; the first step compiles the training loss (up to a minute)' if run.args.compile else ''}")
+    parameters = sum(p.numel() for p in run.model.parameters()) / 1e6
+    processes = f" x {world_size()} processes" if world_size() > 1 else ""
+    nets = str(precision or torch.float32).removeprefix("torch.")
+    compiling = "; the first step compiles the training loss (up to a minute)" if run.args.compile else ""
+    return (f"{run.config['model']}: {run.config['blocks']} blocks, hidden {run.config['hidden']} x "
+            f"{run.config['depth']}, {parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
+            f"{n_images} training images{compiling}")
 
 
 # --------------------------------------------------------------------------- sampling a checkpoint

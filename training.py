@@ -165,6 +165,18 @@ class TrainingStep:
         return torch.where(torch.isfinite(norm), loss, math.nan)
 
 
+class TrainingClock:
+    """Seconds of training over this run and the runs it resumes; under torchrun the
+    slowest process's, so that every process stops at the same step."""
+
+    def __init__(self, seconds_before):
+        self.seconds_before, self.started = seconds_before, time.monotonic()
+
+    def read(self):
+        seconds = torch.tensor(self.seconds_before + time.monotonic() - self.started, dtype=torch.float64)
+        return distributed.all_reduce(seconds, torch.distributed.ReduceOp.MAX).item()
+
+
 class TrainingLosses:
     """The training losses, summed on the device so that a step costs no host sync.
 

@@ -2,6 +2,7 @@
 import json
 import math
 import shutil
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 import checkpoints
 import main
 import pixels
+import training
 from fake_mnist import write_fake_mnist_raw
 
 TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "50", "--device", "cpu"]
@@ -93,8 +95,8 @@ def test_resume_takes_the_optimizer_settings_from_this_runs_flags(data_root, tmp
 
 
 def test_time_budget_stops_mid_epoch_then_evaluates_and_saves(data_root, tmp_path, monkeypatch, capsys):
-    clock = iter(range(10_000))  # a clock that moves one second each time main.py reads it
-    monkeypatch.setattr(main, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    clock = iter(range(10_000))  # a training clock that moves one second each time it is read
+    monkeypatch.setattr(training, "time", SimpleNamespace(monotonic=lambda: next(clock), perf_counter=time.perf_counter))
     monkeypatch.setattr(main, "LOG_INTERVAL", 2)  # the budget is checked every LOG_INTERVAL steps
     out = tmp_path / "run"
     assert run(data_root, out, "--epochs", "3", "--time-budget", "5") == 0
