@@ -1,13 +1,15 @@
-"""Checkpoints: written so that a crash never loses one, read so that a bad file is one line.
+"""Checkpoints: what a run saves, written so that a crash never loses one, read so that a
+bad file is one line.
 
-A checkpoint is a dict (see `main.checkpoint`) that holds the model config, the weights,
-the optimizer, the epochs done and the random state, so --resume, --eval and --sample
-rebuild everything from the file alone (as nanoGPT's do).
+A checkpoint (`Run.state()`) holds the model config, the weights, the optimizer, the
+epochs done and the random state, so --resume, --eval and --sample rebuild everything
+from the file alone (as nanoGPT's do).
 
 `save` writes to a temporary file in the same folder, flushes it to disk and renames it
 into place: at any moment the old or the new checkpoint is complete on disk. A save
 first removes the temporaries that a killed process left behind.
 """
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -17,12 +19,50 @@ import torch
 from models import MODELS, build_model
 
 FORMAT = "flows-tutorial-checkpoint-v2"
-KEYS = {"format", "model_config", "model", "optimizer", "epoch", "rng", "data_order_rng",
+KEYS = {"format", "model_config", "flags", "model", "optimizer", "epoch", "rng", "cuda_rng", "data_order_rng",
         "best_valid_bpd", "train_seconds"}
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or not this project's: reported in one line."""
+
+
+class Run:
+    """What a checkpoint holds: a model and its optimizer, and how far training got.
+
+    config: the model config (models.py); flags: the command line, for the record;
+    data_order: the generator that shuffles the training images.
+    """
+
+    def __init__(self, config, flags, model, optimizer, data_order):
+        self.config, self.flags, self.model, self.optimizer, self.data_order = config, flags, model, optimizer, data_order
+        self.epochs_done, self.best_valid_bpd, self.train_seconds = 0, math.inf, 0.0
+
+    def state(self):
+        return {"format": FORMAT, "model_config": self.config, "flags": self.flags, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "epoch": self.epochs_done,
+                "rng": torch.get_rng_state(), "data_order_rng": self.data_order.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                "best_valid_bpd": self.best_valid_bpd, "train_seconds": self.train_seconds}
+
+    def restore(self, path):
+        """Weights, AdamW's moments, random state and progress from the checkpoint at `path`;
+        the optimizer's settings (learning rate, weight decay) stay this run's."""
+        state = load(path)
+        if state["model_config"] != self.config:
+            raise CheckpointError(f"{path} holds a different model: {state['model_config']}")
+        load_weights(self.model, state, path)
+        settings = [{key: value for key, value in group.items() if key != "params"}
+                    for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, setting in zip(self.optimizer.param_groups, settings):
+            group.update(setting)
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        self.data_order.set_state(state["data_order_rng"])
+        self.epochs_done, self.best_valid_bpd = state["epoch"], state["best_valid_bpd"]
+        self.train_seconds = state["train_seconds"]
 
 
 def save(path, state):

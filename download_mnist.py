@@ -1,6 +1,6 @@
 """Download MNIST, unzip it, and load it into PyTorch.
 
-Run it once before training:
+main.py calls `ensure_mnist` when the files are missing; to fetch them ahead:
 
     python download_mnist.py                        # into data/MNIST/raw/
     python download_mnist.py --mirror ~/mnist-copy  # from a local copy

@@ -87,12 +87,15 @@ class Composite(Flow):
 
 
 class Coupling(Flow):
-    """Transform one half of the features given the other (step 3's f0 and f1).
+    """Transform one half of the features given the other: a coupling layer.
 
-    The input [batch, n] is split into x = its first n/2 features and y = the rest.
+    The input [batch, n] is split into x = its first n/2 features and y = the rest, and
+    one half is changed by an invertible map g whose parameters depend on the other half:
 
         update="y":  f1(x, y) = (x, g(y; x))     (the transformed half is y)
         update="x":  f0(x, y) = (g(x; y), y)     (the transformed half is x)
+
+    NICE (nice.py) takes g(h; c) = h + net(c); RealNVP (realnvp.py) g(h; c) = exp(s(c)) h + t(c).
 
     The Jacobian is block-triangular (the kept half passes through unchanged), so its
     determinant is the determinant of dg/d(half) alone. Only the conditioning half goes
@@ -251,8 +254,9 @@ def checkerboard_order(shape):
     return torch.cat([torch.nonzero(black == 0).flatten(), torch.nonzero(black == 1).flatten()])
 
 
-def coupling_mlp(features, hidden, depth, activation=nn.ReLU, dropout=0.0):
-    """An MLP features -> hidden (x depth) -> features, the shape every coupling net has.
+def coupling_mlp(features, hidden, depth, activation=nn.ReLU, dropout=0.0, out_features=None):
+    """An MLP features -> hidden (x depth) -> out_features (default: features), the shape
+    of every coupling net.
 
     With `dropout` > 0, each hidden layer's output is dropped with that probability in
     training mode (a regulariser); in eval mode the net, and so the flow, is deterministic.
@@ -260,7 +264,7 @@ def coupling_mlp(features, hidden, depth, activation=nn.ReLU, dropout=0.0):
     def hidden_activation():
         return nn.Sequential(activation(), nn.Dropout(dropout)) if dropout > 0 else activation()
 
-    shapes = [features] + [hidden] * depth + [features]
+    shapes = [features] + [hidden] * depth + [out_features or features]
     return MLP(shapes, [hidden_activation() for _ in range(depth)] + [None])
 
 

@@ -5,11 +5,12 @@
     python main.py --eval runs/mnist/best.pt
     python main.py --sample runs/mnist/best.pt --temperature 0.7
 
-The lesson: for each batch, loss = -mean log p(v) (pixels.py), backward, an optimizer step.
-Each epoch then scores bits/dim on the validation split (the last 5,000 training images,
-which choose best.pt) and on the test split, and writes into --out samples_EPOCH.png, a
-line of metrics.jsonl, latest.pt and best.pt. Ctrl-C or SIGTERM saves latest.pt, and
---resume goes on from it. The step itself (precision, clipping, compile) is training.py's.
+The lesson: for each batch of images, loss = -mean log p(v) (pixels.py), then backward
+and an AdamW step (training.TrainingStep, which also clips, skips non-finite steps and
+handles precision and compile). Each epoch then scores bits/dim on the validation split
+(the last 5,000 training images, which choose best.pt) and on the test split, and writes
+into --out samples_EPOCH.png, a line of metrics.jsonl, latest.pt and best.pt. Ctrl-C or
+SIGTERM saves latest.pt (checkpoints.py), and --resume goes on from it.
 """
 import argparse
 import json
@@ -30,8 +31,9 @@ from layers import data_dependent_init
 from models import add_model_arguments, build_model, model_config
 from pictures import save_interpolations, save_samples
 from pixels import NegativeLogLikelihood, bits_per_dim, dequantize_and_logit, log_density
-from training import (PRECISIONS, SetupError, TrainingClock, TrainingLosses, TrainingStep, cosine_learning_rate,
-                      evaluation_mode, make_optimizer, pick_device, pick_precision)
+from training import (SetupError, TrainingClock, TrainingLosses, TrainingStep, add_step_arguments,
+                      check_step_arguments, cosine_learning_rate, evaluation_mode, make_optimizer, pick_device,
+                      pick_precision)
 
 EVAL_NOISE_SEED = 1234  # dequantization noise for evaluation: the same figure every time
 EVAL_BATCH = 1000
@@ -72,65 +74,6 @@ def get_data(args, split):
     return images.unsqueeze(1)
 
 
-# --------------------------------------------------------------------------- evaluation in bits/dim
-
-
-def evaluate(model, images, alpha, device):
-    """Mean bits/dim over uint8 `images` [N, 1, 28, 28].
-
-    Each batch draws its dequantization noise from its own fixed seed, so the figure is
-    the same every time, and the same whichever processes share the batches.
-    """
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    with evaluation_mode(model):
-        for index, start in enumerate(range(0, len(images), EVAL_BATCH)):
-            if index % world_size() == rank():
-                generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED + index)
-                batch = images[start : start + EVAL_BATCH].to(device)
-                total += bits_per_dim(log_density(model, batch, alpha, generator)).double().sum()
-    return distributed.all_reduce(total).item() / len(images)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-class Run:
-    """What a checkpoint holds: the model, its optimizer and how far training got."""
-
-    def __init__(self, args, device):
-        self.args, self.config = args, args.model_config
-        self.model = build_model(self.config).to(device)
-        self.optimizer = make_optimizer(self.model, args.lr, args.weight_decay)
-        self.data_order = torch.Generator().manual_seed(args.seed)  # the same order in every process
-        self.epochs_done, self.best_valid_bpd, self.train_seconds = 0, math.inf, 0.0
-
-    def state(self):
-        return {"format": checkpoints.FORMAT, "model_config": self.config, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "epoch": self.epochs_done, "flags": vars(self.args),
-                "rng": torch.get_rng_state(), "data_order_rng": self.data_order.get_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-                "best_valid_bpd": self.best_valid_bpd, "train_seconds": self.train_seconds}
-
-    def restore(self, path):
-        """Weights, Adam's moments and progress from the checkpoint at `path`; the optimizer's
-        settings (learning rate, weight decay) stay this run's flags."""
-        state = checkpoints.load(path)
-        if state["model_config"] != self.config:
-            raise UsageError(f"{path} holds a different model: {state['model_config']}")
-        checkpoints.load_weights(self.model, state, path)
-        settings = [{key: value for key, value in group.items() if key != "params"}
-                    for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, setting in zip(self.optimizer.param_groups, settings):
-            group.update(setting)
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        self.data_order.set_state(state["data_order_rng"])
-        self.epochs_done, self.best_valid_bpd = state["epoch"], state["best_valid_bpd"]
-        self.train_seconds = state["train_seconds"]
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -141,20 +84,25 @@ def train(args, device):
     valid_size = max(1, min(VALIDATION_SIZE, len(all_train) // 10))
     train_images, valid_images = all_train[:-valid_size].to(device), all_train[-valid_size:]
     torch.manual_seed(args.seed)
-    run = Run(args, device)
-    alpha = run.config["alpha"]
+    config, alpha = args.model_config, args.model_config["alpha"]
+    model = build_model(config).to(device)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    data_order = torch.Generator().manual_seed(args.seed)  # the same order in every process
+    run = checkpoints.Run(config, vars(args), model, optimizer, data_order)
     if args.resume:
         run.restore(out / "latest.pt")
         print_once(f"resuming from {out / 'latest.pt'} after epoch {run.epochs_done}")
     else:
-        init_batch = train_images[torch.randperm(len(train_images), generator=run.data_order)[:INIT_BATCH]]
-        data_dependent_init(run.model, dequantize_and_logit(init_batch, alpha)[0])
-    torch.manual_seed(args.seed + 1000 * run.epochs_done + rank())  # each process its own noise
+        init_batch = train_images[torch.randperm(len(train_images), generator=data_order)[:INIT_BATCH]]
+        data_dependent_init(model, dequantize_and_logit(init_batch, alpha)[0])
+    if rank() > 0:  # each process draws its own dequantization noise
+        torch.manual_seed(args.seed + 1000 * run.epochs_done + rank())
+    # The loss, -mean log p(v) (pixels.py), and one step on it: backward, clip, AdamW (training.py).
     precision = pick_precision(args.precision, device)
-    step = TrainingStep(NegativeLogLikelihood(run.model, alpha), run.optimizer, precision, args.compile)
-    print_once(describe(run, device, precision, len(train_images)))
+    step = TrainingStep(NegativeLogLikelihood(model, alpha), optimizer, precision, args.compile)
+    print_once(describe(args, model, device, precision, len(train_images)))
 
-    clock = TrainingClock(run.train_seconds)
+    clock = TrainingClock(run.train_seconds, device)
     losses, test_bpd = TrainingLosses(device), None
     try:
         for epoch in range(run.epochs_done + 1, args.epochs + 1):
@@ -162,13 +110,14 @@ def train(args, device):
                 print_once(f"time budget of {args.time_budget:g} s reached")
                 break
             started = time.monotonic()
-            images_seen = train_epoch(run, step, train_images, losses, clock, epoch)
+            images_seen = train_epoch(args, run, step, train_images, losses, clock, epoch)
             seconds = time.monotonic() - started
             run.epochs_done, run.train_seconds = epoch, clock.read()  # an interrupt from here on saves this epoch
             metrics = {"epoch": epoch, "train_bpd": bits_per_dim(-losses.epoch_mean()),
-                       "valid_bpd": evaluate(run.model, valid_images, alpha, device),
-                       "test_bpd": evaluate(run.model, test_images, alpha, device),
-                       "seconds": round(seconds, 2), "samples_per_s": round(images_seen / seconds, 1)}
+                       "valid_bpd": evaluate(model, valid_images, alpha, device),
+                       "test_bpd": evaluate(model, test_images, alpha, device),
+                       "images": images_seen, "seconds": round(seconds, 2),
+                       "samples_per_s": round(images_seen / seconds, 1)}
             test_bpd = metrics["test_bpd"]
             if rank() == 0:
                 save_epoch(run, out, metrics)
@@ -178,17 +127,16 @@ def train(args, device):
             print(f"\ninterrupted: saved {out / 'latest.pt'} after epoch {run.epochs_done} (resume with --resume)")
         raise SystemExit(130)
     if test_bpd is None:
-        test_bpd = evaluate(run.model, test_images, alpha, device)
+        test_bpd = evaluate(model, test_images, alpha, device)
     print_once(f"final test bits/dim: {test_bpd:.4f}")
-    return run.model, test_bpd
+    return model, test_bpd
 
 
-def train_epoch(run, step, images, losses, clock, epoch):
+def train_epoch(args, run, step, images, losses, clock, epoch):
     """One pass over this process's share of `images`, or less when the time budget runs out.
 
     Returns the number of images all processes trained on.
     """
-    args = run.args
     shard = len(images) // world_size()  # images per process and epoch
     steps = math.ceil(shard / args.batch_size)
     order = torch.randperm(len(images), generator=run.data_order)[rank() :: world_size()][:shard]
@@ -202,7 +150,7 @@ def train_epoch(run, step, images, losses, clock, epoch):
         for group in run.optimizer.param_groups:
             group["lr"] = cosine_learning_rate(args.lr, progress)
         batch = images[order[index * args.batch_size : (index + 1) * args.batch_size].to(images.device)]
-        losses.add(step(batch))
+        losses.add(step(batch))  # the loss, NaN where the step was skipped
         trained += len(batch) * world_size()
         if (index + 1) % LOG_INTERVAL == 0 or index + 1 == steps:
             recent_loss, bad_streak = losses.read()
@@ -237,14 +185,34 @@ def save_epoch(run, out, metrics):
                f"{metrics['samples_per_s']:.0f} img/s)")
 
 
-def describe(run, device, precision, n_images):
-    parameters = sum(p.numel() for p in run.model.parameters()) / 1e6
+def describe(args, model, device, precision, n_images):
+    """The line a run starts with: what it trains, where, in which precision."""
+    config, parameters = args.model_config, sum(p.numel() for p in model.parameters()) / 1e6
     processes = f" x {world_size()} processes" if world_size() > 1 else ""
     nets = str(precision or torch.float32).removeprefix("torch.")
-    compiling = "; the first step compiles the training loss (up to a minute)" if run.args.compile else ""
-    return (f"{run.config['model']}: {run.config['blocks']} blocks, hidden {run.config['hidden']} x "
-            f"{run.config['depth']}, {parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
+    compiling = "; the first step compiles the training loss (up to a minute)" if args.compile else ""
+    return (f"{config['model']}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}, "
+            f"{parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
             f"{n_images} training images{compiling}")
+
+
+# --------------------------------------------------------------------------- evaluation in bits/dim
+
+
+def evaluate(model, images, alpha, device):
+    """Mean bits/dim over uint8 `images` [N, 1, 28, 28].
+
+    Each batch draws its dequantization noise from its own fixed seed, so the figure is
+    the same every time, and the same whichever processes share the batches.
+    """
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    with evaluation_mode(model):
+        for index, start in enumerate(range(0, len(images), EVAL_BATCH)):
+            if index % world_size() == rank():
+                generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED + index)
+                batch = images[start : start + EVAL_BATCH].to(device)
+                total += bits_per_dim(log_density(model, batch, alpha, generator)).double().sum()
+    return distributed.all_reduce(total).item() / len(images)
 
 
 # --------------------------------------------------------------------------- sampling a checkpoint
@@ -277,27 +245,16 @@ def output_folder(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Train a normalizing flow (RealNVP or NICE) on MNIST and report test bits/dim.",
+        description="Train a normalizing flow (RealNVP, NICE or spline couplings) on MNIST and report test bits/dim.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_arguments(parser)
-    training = parser.add_argument_group("training")
+    training = add_step_arguments(parser)  # the step's flags: --batch-size, --lr, --precision, ...
     training.add_argument("--epochs", type=int, default=32, help="passes over the training images")
     training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                          help="stop training after this wall time, then evaluate and save as at an epoch's end")
-    training.add_argument("--batch-size", type=int, default=256, help="images per gradient step (per process)")
-    training.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine decay to 0)")
-    training.add_argument("--weight-decay", type=float, default=0.0,
-                          help="decoupled weight decay (AdamW): each step also multiplies every parameter by 1 - lr * this")
+                          help="stop training after this wall time (evaluations included), then evaluate and save "
+                               "as at an epoch's end")
     training.add_argument("--seed", type=int, default=0, help="random seed")
-    training.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
-                          help="the coupling nets' precision in training (the rest stays float32); "
-                               "auto picks bf16 where it is measured fast, else fp32")
-    training.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                          help="compile the training loss with torch.compile: faster steps after up to a minute "
-                               "of compiling (needs a C++ compiler on a CPU; without one, training goes on uncompiled)")
-    training.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                          help="auto picks cuda, then mps, then cpu")
     files = parser.add_argument_group("files")
     files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
     files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
@@ -317,18 +274,16 @@ def parse_args(argv=None):
 
     args = parser.parse_args(argv)
     args.model_config = model_config(args, parser)
-    for flag in ("batch_size", "n", "pairs"):
+    check_step_arguments(args, parser)
+    for flag in ("n", "pairs"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.epochs < 0:
         parser.error(f"--epochs must be zero or more, got {args.epochs}")
-    positive = {"--lr": [args.lr], "--temperature": args.temperature,
-                "--time-budget": [] if args.time_budget is None else [args.time_budget]}
+    positive = {"--temperature": args.temperature, "--time-budget": [] if args.time_budget is None else [args.time_budget]}
     for flag, values in positive.items():
         if not all(math.isfinite(value) and value > 0 for value in values):
             parser.error(f"{flag} must be a positive number, got {' '.join(map(str, values))}")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        parser.error(f"--weight-decay must be zero or more, got {args.weight_decay}")
     if args.eval and args.sample:
         parser.error("--eval and --sample are separate jobs: give one")
     if args.sample and distributed.started_by_torchrun():

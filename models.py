@@ -3,21 +3,24 @@
     {"model": "realnvp", "shape": [1, 28, 28], "alpha": 1e-6,
      "blocks": 8, "hidden": 512, "depth": 2, "actnorm": True, "shuffle": True, ...}
 
-`model_config(args)` makes one from the command line, every checkpoint stores one, and
+`model_config(args, parser)` makes one from the command line, every checkpoint stores one, and
 `build_model(config)` rebuilds the same flow from it, so a checkpoint needs nothing but
 itself. `alpha` is the logit squash of pixels.py: not part of the flow, but part of the
 density it is trained and scored on.
 """
 import argparse
+import math
 
 from nice import NICE
 from realnvp import RealNVP
+from spline import NeuralSplineFlow
 
 IMAGE_SHAPE = (1, 28, 28)
-MODELS = {"realnvp": RealNVP, "nice": NICE}
-# RealNVP's options beyond the shared ones, with their defaults.
-REALNVP_OPTIONS = {"actnorm": True, "shuffle": True, "mixing": False, "dropout": 0.0}
+MODELS = {"realnvp": RealNVP, "nice": NICE, "spline": NeuralSplineFlow}
 SHARED_KEYS = ("model", "shape", "alpha", "blocks", "hidden", "depth")
+# Each model's options beyond the shared ones, with their defaults.
+BETWEEN_BLOCKS = {"actnorm": True, "shuffle": True, "mixing": False, "dropout": 0.0}
+OPTIONS = {"nice": {}, "realnvp": BETWEEN_BLOCKS, "spline": {**BETWEEN_BLOCKS, "bins": 4, "bound": 16.0}}
 
 
 def add_model_arguments(parser):
@@ -29,7 +32,7 @@ def add_model_arguments(parser):
     group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP")
     group.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP")
     group.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v (pixels.py)")
-    realnvp = parser.add_argument_group("RealNVP only (an error with --model nice)")
+    realnvp = parser.add_argument_group("RealNVP and spline only (an error with --model nice)")
     realnvp.add_argument("--actnorm", action=argparse.BooleanOptionalAction, default=None,
                          help="an ActNorm layer before each block, initialised from data (default: on)")
     realnvp.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
@@ -39,6 +42,10 @@ def add_model_arguments(parser):
                               "replaces the permutation (default: off)")
     realnvp.add_argument("--dropout", type=float, default=None,
                          help="dropout probability on the coupling nets' hidden layers, in training only (default: 0)")
+    spline = parser.add_argument_group("spline only (spline.py)")
+    spline.add_argument("--bins", type=int, default=None, help="bins of each rational-quadratic spline (default: 4)")
+    spline.add_argument("--bound", type=float, default=None,
+                        help="the splines act on [-B, B] and are the identity outside (default: 16)")
 
 
 def model_config(args, parser):
@@ -49,21 +56,26 @@ def model_config(args, parser):
     if not 0 < args.alpha < 0.5:
         parser.error(f"--alpha must lie in (0, 0.5), got {args.alpha}")
     config = dict(zip(SHARED_KEYS, [args.model, list(IMAGE_SHAPE), args.alpha, args.blocks, args.hidden, args.depth]))
-    given = {name: getattr(args, name) for name in REALNVP_OPTIONS if getattr(args, name) is not None}
-    if args.model != "realnvp":
-        if given:
-            flag = next(iter(given))
-            parser.error(f"--{flag} applies to --model realnvp only, not --model {args.model}")
-        return config
-    config.update({**REALNVP_OPTIONS, **given})
-    if not 0 <= config["dropout"] < 1:
+    options = OPTIONS[args.model]
+    flags = {name for choices in OPTIONS.values() for name in choices}
+    given = {name: getattr(args, name) for name in sorted(flags) if getattr(args, name) is not None}
+    for name in given:
+        if name not in options:
+            takers = " or ".join(model for model, choices in OPTIONS.items() if name in choices)
+            parser.error(f"--{name} applies to --model {takers}, not --model {args.model}")
+    config.update({**options, **given})
+    if "dropout" in config and not 0 <= config["dropout"] < 1:
         parser.error(f"--dropout must lie in [0, 1), got {config['dropout']}")
+    if "bins" in config and config["bins"] < 2:
+        parser.error(f"--bins must be 2 or more, got {config['bins']}")
+    if "bound" in config and not (math.isfinite(config["bound"]) and config["bound"] > 0):
+        parser.error(f"--bound must be a positive number, got {config['bound']}")
     return config
 
 
 def build_model(config):
     """The flow a model config describes (untrained); ValueError for an incomplete config."""
-    keys = set(SHARED_KEYS) | (set(REALNVP_OPTIONS) if config.get("model") == "realnvp" else set())
+    keys = set(SHARED_KEYS) | set(OPTIONS.get(config.get("model"), {}))
     if set(config) != keys:
         raise ValueError(f"a {config.get('model')} config has the keys {', '.join(sorted(keys))}; "
                          f"got {', '.join(sorted(config))}")

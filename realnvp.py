@@ -81,13 +81,7 @@ class RealNVP(CouplingFlow):
         n = prior.dim
         couplings = []
         for index, (v, u, sv, su) in enumerate(zip(vNets, uNets, svNets, suNets)):
-            generator = torch.Generator().manual_seed(index)  # the same model from the same arguments
-            if mixing and index > 0:  # a learned linear map, so that each block splits along new directions
-                couplings.append(LUMixing(n, generator=generator))
-            elif shuffle and index > 0:  # a fixed random order, so that each block splits the features anew
-                couplings.append(Permutation(torch.randperm(n, generator=generator)))
-            if actnorm:  # a per-feature affine map before each block, set from data (layers.py)
-                couplings.append(ActNorm(n))
+            couplings += layers_between_blocks(index, n, actnorm, shuffle, mixing)
             # F = f0 o f1: data to latent applies f1 (transforms y) first, then f0 (x).
             couplings += [AffineCoupling(n, u, su, update="y"), AffineCoupling(n, v, sv, update="x")]
         super().__init__(prior, couplings)
@@ -98,6 +92,25 @@ class RealNVP(CouplingFlow):
         prior = Gaussian(shape)
         nets = lambda: [coupling_mlp(prior.dim // 2, hidden, depth, dropout=dropout) for _ in range(blocks)]
         return cls(prior, nets(), nets(), nets(), nets(), actnorm=actnorm, shuffle=shuffle, mixing=mixing)
+
+
+def layers_between_blocks(index, n, actnorm=False, shuffle=False, mixing=False):
+    """The layers that come before block `index` (from 0) of n features.
+
+    mixing: a learned linear map (layers.LUMixing), so that each block splits along new
+    directions; else shuffle: a fixed random order, so that each block splits the
+    features anew (the first block takes the checkerboard as it is); actnorm: a
+    per-feature affine map set from data (layers.py) before every block.
+    """
+    generator = torch.Generator().manual_seed(index)  # the same model from the same arguments
+    layers = []
+    if mixing and index > 0:
+        layers.append(LUMixing(n, generator=generator))
+    elif shuffle and index > 0:
+        layers.append(Permutation(torch.randperm(n, generator=generator)))
+    if actnorm:
+        layers.append(ActNorm(n))
+    return layers
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ exact bijection with an exact log-determinant. float16 gradients underflow unles
 loss is scaled up: its scale starts at 2^16, halves after a skipped step and doubles
 after 2000 good ones in a row. bfloat16 has float32's range and needs no scale.
 """
+import argparse
 import math
 import time
 from contextlib import contextmanager
@@ -29,6 +30,34 @@ import distributed
 MAX_GRAD_NORM = 100.0  # gradients are clipped to this norm
 FLOAT16_LOSS_SCALE = 2.0**16  # --precision fp16: the loss scale at the start
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_step_arguments(parser):
+    """The flags of the training step, as main.py and the benchmark take them; returns their group."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--batch-size", type=int, default=256, help="images per gradient step (per process)")
+    group.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine decay to 0)")
+    group.add_argument("--weight-decay", type=float, default=0.0,
+                       help="decoupled weight decay (AdamW): each step also multiplies every parameter by 1 - lr * this")
+    group.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                       help="the coupling nets' precision in training (the rest stays float32); "
+                            "auto picks bf16 where it is measured fast, else fp32")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                       help="compile the training loss with torch.compile: faster steps after up to a minute of "
+                            "compiling (needs a C++ compiler on a CPU; without one, training goes on uncompiled)")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                       help="auto picks cuda, then mps, then cpu")
+    return group
+
+
+def check_step_arguments(args, parser):
+    """A bad value of the step's flags is `parser.error` (exit 2)."""
+    if args.batch_size <= 0:
+        parser.error(f"--batch-size must be positive, got {args.batch_size}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        parser.error(f"--weight-decay must be zero or more, got {args.weight_decay}")
 
 
 class SetupError(Exception):
@@ -169,11 +198,12 @@ class TrainingClock:
     """Seconds of training over this run and the runs it resumes; under torchrun the
     slowest process's, so that every process stops at the same step."""
 
-    def __init__(self, seconds_before):
-        self.seconds_before, self.started = seconds_before, time.monotonic()
+    def __init__(self, seconds_before, device):
+        self.seconds_before, self.started, self.device = seconds_before, time.monotonic(), device
 
     def read(self):
-        seconds = torch.tensor(self.seconds_before + time.monotonic() - self.started, dtype=torch.float64)
+        seconds = self.seconds_before + time.monotonic() - self.started
+        seconds = torch.tensor(seconds, dtype=torch.float64, device=self.device)  # on the device: NCCL reduces there
         return distributed.all_reduce(seconds, torch.distributed.ReduceOp.MAX).item()
 
 

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import IMAGE_SHAPE, add_model_arguments, build_model, model_config  # noqa: E402
 from pixels import NegativeLogLikelihood  # noqa: E402
 from test import MLP  # noqa: E402
-from training import (PRECISIONS, TrainingStep, evaluation_mode, make_optimizer, nets_autocast,  # noqa: E402
-                      pick_device, pick_precision)
+from training import (TrainingStep, add_step_arguments, check_step_arguments, evaluation_mode,  # noqa: E402
+                      make_optimizer, nets_autocast, pick_device, pick_precision)
 
 
 def synchronize(device):
@@ -134,19 +134,12 @@ def parse_flags(argv):
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=5, help="timings per figure (the median is reported)")
     add_model_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=256, help="images per step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW's learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's weight decay")
-    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
-                        help="the mixed precision set against float32: auto takes main.py's pick, and bf16 "
-                             "where main.py would pick float32")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                        help="also time main.py's step under torch.compile")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    add_step_arguments(parser)  # main.py's: --batch-size, --lr, --weight-decay, --precision, --compile, --device
     flags = parser.parse_args(argv)
     flags.model_config = model_config(flags, parser)
-    if min(flags.steps, flags.repeats, flags.batch_size) <= 0:
-        parser.error("--steps, --repeats and --batch-size must be positive")
+    check_step_arguments(flags, parser)
+    if min(flags.steps, flags.repeats) <= 0:
+        parser.error("--steps and --repeats must be positive")
     if flags.precision == "fp32":
         parser.error("--precision names the mixed precision to set against float32: auto, bf16 or fp16")
     return flags

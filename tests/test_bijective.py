@@ -14,6 +14,7 @@ from flow import Composite, CouplingFlow, DiagonalScaling, Permutation, checkerb
 from layers import ActNorm, LUMixing
 from nice import NICE, AdditiveCoupling
 from realnvp import RealNVP, AffineCoupling
+from spline import NeuralSplineFlow, SplineCoupling, rational_quadratic_spline
 
 BIJECTIVES = [
     pytest.param(lambda: AdditiveCoupling(8, coupling_mlp(4, 16, 2), update="x"), [8], id="additive-coupling-x"),
@@ -33,6 +34,12 @@ BIJECTIVES = [
     pytest.param(lambda: LUMixing(6), [6], id="lu-mixing"),
     pytest.param(lambda: RealNVP.build([8], blocks=2, hidden=16, actnorm=True, mixing=True), [8],
                  id="realnvp-actnorm-mixing"),
+    pytest.param(lambda: SplineCoupling(8, coupling_mlp(4, 16, 2, out_features=4 * 11), update="x"), [8],
+                 id="spline-coupling-x"),
+    pytest.param(lambda: SplineCoupling(6, coupling_mlp(3, 16, 1, out_features=3 * 5), update="y", bins=2, bound=3.0),
+                 [6], id="spline-coupling-y-2-bins"),
+    pytest.param(lambda: NeuralSplineFlow.build([1, 4, 4], blocks=2, hidden=16, actnorm=True, shuffle=True), [1, 4, 4],
+                 id="spline-flow-actnorm-shuffle"),
     # Dropout is a training-time regulariser; in eval mode the flow is a deterministic bijection.
     pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16, dropout=0.5).eval(), [1, 4, 4],
                  id="realnvp-dropout-eval"),
@@ -40,12 +47,20 @@ BIJECTIVES = [
 
 
 def randomized(factory, seed=0, dtype=torch.float64):
-    """An instance with random weights: couplings start as the identity, which would hide bugs."""
+    """An instance with random weights: couplings start as the identity, which would hide bugs.
+
+    Weights are drawn from N(0, 0.5^2), those of anything with spline couplings from
+    N(0, 0.1^2): at 0.5 the random splines get slopes down to 1e-7, and their inverses
+    amplify round-off (float32's, or float64's through a stack) to order 1, ill-conditioned
+    rather than wrong. At 0.1 a spline flow still moves points by several units, and
+    test_splines_round_trip_on_bin_edges_and_in_the_tails takes steep splines on their own.
+    """
     torch.manual_seed(seed)
     module = factory().to(dtype)
+    std = 0.1 if any(isinstance(m, SplineCoupling) for m in module.modules()) else 0.5
     with torch.no_grad():
         for parameter in module.parameters():
-            parameter.normal_(0.0, 0.5)
+            parameter.normal_(0.0, std)
     return module
 
 
@@ -182,3 +197,27 @@ def test_each_layer_stays_exact_with_bfloat16_nets(factory, shape):
             assert (h_back - h).abs().max() <= 1e-5 * (1 + out.abs().max()), type(layer).__name__
             assert (logdet + inverse_logdet).abs().max() <= 1e-4 * (1 + logdet.abs().max())
             h = out
+
+
+def test_splines_round_trip_on_bin_edges_and_in_the_tails():
+    """Inputs on the knots, on the bounds and far outside them: finite, exact round trips,
+    the identity with log-det 0 outside [-B, B], and log-dets equal to autograd's slope."""
+    torch.manual_seed(0)
+    bound, bins, n = 3.0, 4, 9
+    edges = torch.linspace(-bound, bound, bins + 1, dtype=torch.float64)  # equal widths: the knots
+    h = torch.cat([edges, torch.tensor([-1e4, -bound - 1e-9, bound + 1e-9, 1e4], dtype=torch.float64)])
+    h = h.expand(n, -1).clone().requires_grad_(True)  # [n, 9]
+    shape = (n, h.shape[1])
+    widths = torch.zeros(*shape, bins, dtype=torch.float64)  # softmax(0): equal bins
+    heights = 2 * torch.randn(*shape, bins, dtype=torch.float64)
+    derivatives = 2 * torch.randn(*shape, bins - 1, dtype=torch.float64)
+    out, log_slope = rational_quadratic_spline(h, widths, heights, derivatives, bound)
+    back, inverse_log_slope = rational_quadratic_spline(out, widths, heights, derivatives, bound, inverse=True)
+    assert torch.isfinite(out).all() and torch.isfinite(log_slope).all() and torch.isfinite(back).all()
+    assert (back - h).abs().max() <= 1e-10
+    assert (log_slope + inverse_log_slope).abs().max() <= 1e-10
+    tails = h.abs() > bound
+    assert torch.equal(out[tails], h[tails]) and not log_slope[tails].any()
+    assert torch.allclose(out[:, [0, bins]], h[:, [0, bins]])  # the ends of [-B, B] stay put
+    slope = torch.autograd.grad(out.sum(), h)[0]  # elementwise map: the Jacobian's diagonal
+    torch.testing.assert_close(log_slope, slope.log(), rtol=0, atol=1e-9)

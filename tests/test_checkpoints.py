@@ -12,9 +12,8 @@ CONFIG = {"model": "nice", "shape": list(IMAGE_SHAPE), "alpha": 1e-6, "blocks": 
 def complete_state(**changes):
     """A checkpoint as main.py writes one, for a tiny NICE."""
     model = build_model(CONFIG)
-    state = {"format": checkpoints.FORMAT, "model_config": dict(CONFIG), "model": model.state_dict(),
-             "optimizer": {}, "epoch": 1, "rng": torch.get_rng_state(), "data_order_rng": torch.get_rng_state(),
-             "best_valid_bpd": 2.0, "train_seconds": 1.0}
+    optimizer = torch.optim.AdamW(model.parameters())
+    state = checkpoints.Run(dict(CONFIG), {}, model, optimizer, torch.Generator()).state()
     return {**state, **changes}
 
 

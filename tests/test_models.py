@@ -33,9 +33,12 @@ def test_nice_config_holds_only_what_nice_takes():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--model", "nice", "--mixing"], "--mixing applies to --model realnvp only, not --model nice"),
-    (["--model", "nice", "--no-actnorm"], "--actnorm applies to --model realnvp only"),
-    (["--model", "nice", "--dropout", "0.1"], "--dropout applies to --model realnvp only"),
+    (["--model", "nice", "--mixing"], "--mixing applies to --model realnvp or spline, not --model nice"),
+    (["--model", "nice", "--no-actnorm"], "--actnorm applies to --model realnvp or spline"),
+    (["--model", "nice", "--dropout", "0.1"], "--dropout applies to --model realnvp or spline"),
+    (["--bins", "8"], "--bins applies to --model spline, not --model realnvp"),
+    (["--model", "spline", "--bins", "1"], "--bins must be 2 or more"),
+    (["--model", "spline", "--bound", "inf"], "--bound must be a positive number"),
     (["--blocks", "0"], "--blocks must be positive"),
     (["--alpha", "nan"], "--alpha must lie in (0, 0.5)"),
     (["--dropout", "1"], "--dropout must lie in [0, 1)"),
