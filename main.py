@@ -250,7 +250,7 @@ def parse_args(argv=None):
     )
     add_model_arguments(parser)
     training = add_step_arguments(parser)  # the step's flags: --batch-size, --lr, --precision, ...
-    training.add_argument("--epochs", type=int, default=32, help="passes over the training images")
+    training.add_argument("--epochs", type=int, default=12, help="passes over the training images")
     training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                           help="stop training after this wall time (evaluations included), then evaluate and save "
                                "as at an epoch's end")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import checkpoints
+import download_mnist
 import main
 import pixels
 import training
@@ -240,6 +241,17 @@ def test_bad_checkpoints_and_output_folders_are_one_line_errors(data_root, tmp_p
         assert main.main(["--data", str(data_root), *TINY_MODEL, *job]) == 2
         error = capsys.readouterr().err
         assert error.startswith("main.py: error: ") and len(error.strip().splitlines()) == 1, error
+
+
+def test_no_default_mirrors_tries_only_the_given_mirror(tmp_path, monkeypatch, capsys):
+    dead = "http://127.0.0.1:9/built-in-mirror/"  # the discard port: nothing answers there
+    monkeypatch.setattr(download_mnist, "MIRRORS", (dead,))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path / "data", tmp_path / "run", "--mirror", str(tmp_path / "empty"), "--no-default-mirrors")
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert str(tmp_path / "empty") in error and "built-in-mirror" not in error
 
 
 def test_a_corrupt_data_file_gives_a_one_line_error(tmp_path, capsys):

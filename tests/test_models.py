@@ -14,14 +14,17 @@ def config_from(*flags):
     return model_config(parser.parse_args(flags), parser)
 
 
-def test_defaults_are_realnvp_with_actnorm_and_shuffle():
+def test_defaults_are_spline_couplings_with_actnorm_and_shuffle():
     config = config_from()
-    assert config == {"model": "realnvp", "shape": [1, 28, 28], "alpha": 1e-6, "blocks": 8, "hidden": 512,
-                      "depth": 2, "actnorm": True, "shuffle": True, "mixing": False, "dropout": 0.0}
+    assert config == {"model": "spline", "shape": [1, 28, 28], "alpha": 1e-6, "blocks": 4, "hidden": 512,
+                      "depth": 2, "actnorm": True, "shuffle": True, "mixing": False, "dropout": 0.0,
+                      "bins": 4, "bound": 16.0}
+    assert config_from("--model", "realnvp")["blocks"] == 8
 
 
 def test_blocks_count_blocks_of_two_couplings_and_the_old_name_still_works():
-    flow = build_model(config_from("--blocks", "3", "--hidden", "8", "--no-actnorm", "--no-shuffle"))
+    flow = build_model(config_from("--model", "realnvp", "--blocks", "3", "--hidden", "8", "--no-actnorm",
+                                   "--no-shuffle"))
     assert isinstance(flow, RealNVP) and len(flow.layers) == 2 * 3 + 2  # couplings, and the checkerboard's two
     assert config_from("--couplings", "3") == config_from("--blocks", "3")
 
@@ -36,7 +39,7 @@ def test_nice_config_holds_only_what_nice_takes():
     (["--model", "nice", "--mixing"], "--mixing applies to --model realnvp or spline, not --model nice"),
     (["--model", "nice", "--no-actnorm"], "--actnorm applies to --model realnvp or spline"),
     (["--model", "nice", "--dropout", "0.1"], "--dropout applies to --model realnvp or spline"),
-    (["--bins", "8"], "--bins applies to --model spline, not --model realnvp"),
+    (["--model", "realnvp", "--bins", "8"], "--bins applies to --model spline, not --model realnvp"),
     (["--model", "spline", "--bins", "1"], "--bins must be 2 or more"),
     (["--model", "spline", "--bound", "inf"], "--bound must be a positive number"),
     (["--blocks", "0"], "--blocks must be positive"),
