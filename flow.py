@@ -283,12 +283,12 @@ def check_even(features, name):
         )
 
 
-def demonstrate(flow):
+def demonstrate(flow, weight_std=0.3):
     """Print what a flow does on a few samples: shapes, round trip, log-det vs autograd, density."""
     flow = flow.double()
     with torch.no_grad():  # random weights, so the flow is not the identity
         for p in flow.parameters():
-            p.normal_(0.0, 0.3)
+            p.normal_(0.0, weight_std)
     parameters = sum(p.numel() for p in flow.parameters())
     print(f"{type(flow).__name__} over {list(flow.shape)}: {len(flow.layers)} layers, {parameters} parameters")
     x = torch.randn(3, *flow.shape, dtype=torch.double)

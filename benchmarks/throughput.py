@@ -1,9 +1,9 @@
-"""Training throughput of the default MNIST RealNVP, against the compute floor of its nets.
+"""Training throughput of main.py's model on MNIST, against the compute floor of its nets.
 
     python benchmarks/throughput.py                   # the defaults of main.py
     python benchmarks/throughput.py --compile         # main.py's step under torch.compile, and without
     python benchmarks/throughput.py --batch-size 512 --repeats 7
-    python benchmarks/throughput.py --mixing --dropout 0.2   # main.py's model flags
+    python benchmarks/throughput.py --model realnvp --mixing   # main.py's model flags
 
 It takes main.py's model flags (models.py) and the training flags that set the speed:
 --batch-size, --lr, --weight-decay, --device, --compile, and --precision for the mixed
