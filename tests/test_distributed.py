@@ -15,7 +15,8 @@ from download_mnist import load_mnist
 from fake_mnist import write_fake_mnist_raw
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "40", "--device", "cpu"]
+TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "40", "--device", "cpu",
+              "--precision", "fp32"]  # float32 nets on every machine, and no timing of bfloat16 at start
 
 # Trains through main.train like `torchrun main.py` does, then saves each process's weights.
 WRAPPER = """

@@ -16,7 +16,8 @@ import pixels
 import training
 from fake_mnist import write_fake_mnist_raw
 
-TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "50", "--device", "cpu"]
+TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "50", "--device", "cpu",
+              "--precision", "fp32"]  # float32 nets on every machine, and no timing of bfloat16 at start
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import training
 from fake_mnist import fake_mnist_arrays
 from models import IMAGE_SHAPE, build_model
 from pixels import NegativeLogLikelihood
-from training import TrainingLosses, TrainingStep, cosine_learning_rate, make_optimizer
+from training import TrainingLosses, TrainingStep, cosine_learning_rate, make_optimizer, pick_precision
 
 needs_cxx = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
                                reason="torch.compile on a CPU needs a C++ compiler")
@@ -98,6 +98,14 @@ def test_a_non_finite_step_is_skipped_and_never_reaches_the_weights(precision, f
     assert changed(before, model) and all(adam["step"] == 1 for adam in optimizer.state.values())
     assert (step.scaler.get_scale() < training.FLOAT16_LOSS_SCALE) if precision == torch.float16 else \
         step.scaler.get_scale() == 1.0
+
+
+def test_precision_flags_and_the_auto_rule(monkeypatch):
+    cpu = torch.device("cpu")
+    assert [pick_precision(name, cpu) for name in ("fp32", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
+    for speedup, expected in [(2.0, torch.bfloat16), (1.1, None), (0.011, None)]:  # bfloat16 kept where 1.3x faster
+        monkeypatch.setattr(training, "bfloat16_speedup", lambda: speedup)
+        assert pick_precision("auto", cpu) == expected
 
 
 def test_weight_decay_shrinks_a_weight_with_no_gradient_by_lr_times_decay():
