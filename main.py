@@ -139,7 +139,7 @@ def train_epoch(args, run, step, images, losses, clock, epoch):
     """
     shard = len(images) // world_size()  # images per process and epoch
     steps = math.ceil(shard / args.batch_size)
-    order = torch.randperm(len(images), generator=run.data_order)[rank() :: world_size()][:shard]
+    order = torch.randperm(len(images), generator=run.data_order)[rank() :: world_size()][:shard].to(images.device)
     bar = tqdm(range(steps), desc=f"epoch {epoch}/{args.epochs}", leave=False, unit="step",
                dynamic_ncols=True, mininterval=1.0, disable=rank() > 0)
     started, seconds, trained = time.monotonic(), clock.read(), 0
@@ -149,7 +149,7 @@ def train_epoch(args, run, step, images, losses, clock, epoch):
             progress = max(progress, seconds / args.time_budget)
         for group in run.optimizer.param_groups:
             group["lr"] = cosine_learning_rate(args.lr, progress)
-        batch = images[order[index * args.batch_size : (index + 1) * args.batch_size].to(images.device)]
+        batch = images[order[index * args.batch_size : (index + 1) * args.batch_size]]
         losses.add(step(batch))  # the loss, NaN where the step was skipped
         trained += len(batch) * world_size()
         if (index + 1) % LOG_INTERVAL == 0 or index + 1 == steps:
@@ -175,8 +175,10 @@ def save_epoch(run, out, metrics):
     improved = math.isfinite(metrics["valid_bpd"]) and metrics["valid_bpd"] < run.best_valid_bpd
     if improved:
         run.best_valid_bpd = metrics["valid_bpd"]
-        checkpoints.save(out / "best.pt", run.state())
-    checkpoints.save(out / "latest.pt", run.state())
+    state = run.state()
+    if improved:
+        checkpoints.save(out / "best.pt", state)
+    checkpoints.save(out / "latest.pt", state)
     with open(out / "metrics.jsonl", "a") as file:
         file.write(json.dumps(metrics) + "\n")
     save_samples(run.model, out / f"samples_{metrics['epoch']:03d}.png", run.config["alpha"], temperature=0.7)

@@ -55,14 +55,13 @@ def add_model_arguments(parser):
 
 def model_config(args, parser):
     """The model config from parsed flags; a bad or inapplicable flag is `parser.error` (exit 2)."""
-    if args.blocks is None:
-        args.blocks = DEFAULT_BLOCKS[args.model]
-    for flag in ("blocks", "hidden", "depth"):
-        if getattr(args, flag) <= 0:
-            parser.error(f"--{flag} must be positive, got {getattr(args, flag)}")
+    blocks = DEFAULT_BLOCKS[args.model] if args.blocks is None else args.blocks
+    for flag, value in (("blocks", blocks), ("hidden", args.hidden), ("depth", args.depth)):
+        if value <= 0:
+            parser.error(f"--{flag} must be positive, got {value}")
     if not 0 < args.alpha < 0.5:
         parser.error(f"--alpha must lie in (0, 0.5), got {args.alpha}")
-    config = dict(zip(SHARED_KEYS, [args.model, list(IMAGE_SHAPE), args.alpha, args.blocks, args.hidden, args.depth]))
+    config = dict(zip(SHARED_KEYS, [args.model, list(IMAGE_SHAPE), args.alpha, blocks, args.hidden, args.depth]))
     options = OPTIONS[args.model]
     flags = {name for choices in OPTIONS.values() for name in choices}
     given = {name: getattr(args, name) for name in sorted(flags) if getattr(args, name) is not None}

@@ -74,13 +74,14 @@ def rational_quadratic_spline(h, widths, heights, derivatives, bound, inverse=Fa
         b = h_k * d_k - t * delta
         c = -s_k * t
         xi = (2 * c / (-b - torch.sqrt((b * b - 4 * a * c).clamp(min=0)))).clamp(0, 1)
-        out = x_k + xi * w_k
     else:
         xi = (h_in - x_k) / w_k
-        out = y_k + h_k * (s_k * xi**2 + d_k * xi * (1 - xi)) / (s_k + delta * xi * (1 - xi))
     one_minus = 1 - xi
-    log_slope = (2 * torch.log(s_k) + torch.log(d_k1 * xi**2 + 2 * s_k * xi * one_minus + d_k * one_minus**2)
-                 - 2 * torch.log(s_k + delta * xi * one_minus))  # log dg/dh at the forward point
+    cross = xi * one_minus  # xi (1 - xi)
+    denominator = s_k + delta * cross
+    out = x_k + xi * w_k if inverse else y_k + h_k * (s_k * xi**2 + d_k * cross) / denominator
+    log_slope = (2 * torch.log(s_k) + torch.log(d_k1 * xi**2 + 2 * s_k * cross + d_k * one_minus**2)
+                 - 2 * torch.log(denominator))  # log dg/dh at the forward point
     log_slope = -log_slope if inverse else log_slope
     return torch.where(inside, out, h), torch.where(inside, log_slope, torch.zeros_like(log_slope))
 
