@@ -7,11 +7,18 @@ prior p(z). The change of variables gives the exact density of the data:
 
 The one convention, followed by every class in the project:
 
-    forward(x) -> (z, logdet)    data to latent,  logdet = log |det dz/dx|, shape [batch]
-    inverse(z) -> (x, logdet)    latent to data,  logdet = log |det dx/dz| = -(forward's)
+    forward(x, context=None) -> (z, logdet)    data to latent,  logdet = log |det dz/dx|, shape [batch]
+    inverse(z, context=None) -> (x, logdet)    latent to data,  logdet = log |det dx/dz| = -(forward's)
 
-    logProbability(x) = prior.logProbability(z) + logdet,   (z, logdet) = forward(x)
-    sample(batchSize) = inverse(prior.sample(batchSize))[0]
+    logProbability(x, context=None) = prior.logProbability(z, context) + logdet,   (z, logdet) = forward(x, context)
+    sample(batchSize, context=None) = inverse(prior.sample(batchSize, context=context), context)[0]
+
+`context` [batch, c] is what a conditional flow models p(x | context) given (in step 11,
+the one-hot digit of each image: conditional.py). It is fixed while x moves, so for each
+context the flow is a bijection of its own, and the log-det is still that of x -> z. Only
+the couplings below use it, whose nets see it beside the conditioning half, and the
+prior, whose mean it moves (prior.py). Every other layer takes it and ignores it, and an
+unconditional flow takes none.
 
 `sample` and `logProbability` are written once, here. A subclass writes `forward` and
 `inverse`; a flow made of layers (`Composite`) adds their log-determinants and runs the
@@ -38,25 +45,26 @@ class Flow(nn.Module):
         super().__init__()
         self.prior = prior
 
-    def forward(self, x):
+    def forward(self, x, context=None):
         """Data to latent: returns (z, log |det dz/dx|)."""
         raise NotImplementedError
 
-    def inverse(self, z):
+    def inverse(self, z, context=None):
         """Latent to data: returns (x, log |det dx/dz|)."""
         raise NotImplementedError
 
-    def logProbability(self, x):
-        """Exact log-density of each sample: [batch, ...] -> [batch]."""
-        z, logdet = self.forward(x)
-        return self._prior().logProbability(z) + logdet
+    def logProbability(self, x, context=None):
+        """Exact log-density of each sample, log p(x) or log p(x | context): [batch, ...] -> [batch]."""
+        z, logdet = self.forward(x, context)
+        return self._prior().logProbability(z, context) + logdet
 
     log_prob = logProbability  # the name torch.distributions uses
 
-    def sample(self, batchSize, temperature=1.0):
-        """Draw `batchSize` samples by pushing prior samples through the inverse."""
-        z = self._prior().sample(batchSize, temperature=temperature)
-        return self.inverse(z)[0]
+    def sample(self, batchSize, temperature=1.0, context=None):
+        """Draw `batchSize` samples by pushing prior samples through the inverse
+        (given `context` [batchSize, c], one row per sample, for a conditional flow)."""
+        z = self._prior().sample(batchSize, temperature=temperature, context=context)
+        return self.inverse(z, context)[0]
 
     def _prior(self):
         if self.prior is None:
@@ -71,17 +79,17 @@ class Composite(Flow):
         super().__init__(prior)
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x):
+    def forward(self, x, context=None):
         logdet = x.new_zeros(x.shape[0])
         for layer in self.layers:
-            x, layer_logdet = layer(x)
+            x, layer_logdet = layer(x, context)
             logdet = logdet + layer_logdet
         return x, logdet
 
-    def inverse(self, z):
+    def inverse(self, z, context=None):
         logdet = z.new_zeros(z.shape[0])
         for layer in reversed(self.layers):
-            z, layer_logdet = layer.inverse(z)
+            z, layer_logdet = layer.inverse(z, context)
             logdet = logdet + layer_logdet
         return z, logdet
 
@@ -101,9 +109,14 @@ class Coupling(Flow):
     determinant is the determinant of dg/d(half) alone. Only the conditioning half goes
     into the coupling nets. Subclasses write `couple(half, condition) -> (half', logdet)`
     and `uncouple(half', condition) -> (half, logdet)`.
+
+    A conditional coupling (context_features = c > 0) feeds its nets the conditioning half
+    and the context side by side, condition = [kept half, context] of n/2 + c features:
+    g's parameters then depend on the context too, but g still only changes the updated
+    half, so the Jacobian and its log-det keep their form.
     """
 
-    def __init__(self, features, update):
+    def __init__(self, features, update, context_features=0):
         super().__init__()
         if update not in ("x", "y"):
             raise ValueError(f"update must be 'x' (first half) or 'y' (second half), got {update!r}")
@@ -111,24 +124,26 @@ class Coupling(Flow):
         self.features = features
         self.half = features // 2
         self.update = update
+        self.context_features = context_features
 
-    def forward(self, x):
-        return self._split_and_transform(x, self.couple)
+    def forward(self, x, context=None):
+        return self._split_and_transform(x, context, self.couple)
 
-    def inverse(self, z):
-        return self._split_and_transform(z, self.uncouple)
+    def inverse(self, z, context=None):
+        return self._split_and_transform(z, context, self.uncouple)
 
-    def _split_and_transform(self, inputs, transform):
+    def _split_and_transform(self, inputs, context, transform):
         if inputs.dim() != 2 or inputs.shape[1] != self.features:
             raise ValueError(
                 f"{type(self).__name__} expects [batch, {self.features}], got {list(inputs.shape)}"
             )
+        check_context(context, self.context_features, inputs, type(self).__name__)
         # One split, whose gradient is one cat (two slices would each need a zero-filled copy).
         first, second = inputs.split(self.half, dim=1)
         if self.update == "y":
-            second, logdet = transform(second, first)
+            second, logdet = transform(second, with_context(first, context))
         else:
-            first, logdet = transform(first, second)
+            first, logdet = transform(first, with_context(second, context))
         return torch.cat([first, second], dim=1), logdet
 
     def couple(self, half, condition):
@@ -138,7 +153,27 @@ class Coupling(Flow):
         raise NotImplementedError
 
     def extra_repr(self):
-        return f"features={self.features}, update={self.update!r}"
+        conditional = f", context_features={self.context_features}" if self.context_features else ""
+        return f"features={self.features}, update={self.update!r}{conditional}"
+
+
+def with_context(condition, context):
+    """A coupling net's input: the conditioning half [batch, n/2], with the context
+    [batch, c] beside it when there is one."""
+    return condition if context is None else torch.cat([condition, context.to(condition.dtype)], dim=1)
+
+
+def check_context(context, context_features, inputs, name):
+    """A ValueError unless `context` is None for an unconditional layer, or [batch, c] for one of c features."""
+    if context is None and context_features == 0:
+        return
+    if context is None:
+        raise ValueError(f"{name} is conditional: give a context [batch, {context_features}]")
+    if context_features == 0:
+        raise ValueError(f"{name} is unconditional and takes no context (build it with context_features)")
+    if context.shape != (inputs.shape[0], context_features):
+        raise ValueError(f"{name} expects a context [{inputs.shape[0]}, {context_features}], "
+                         f"got {list(context.shape)}")
 
 
 class Permutation(Flow):
@@ -153,10 +188,10 @@ class Permutation(Flow):
         self.register_buffer("order", order)
         self.register_buffer("inverse_order", order.argsort())
 
-    def forward(self, x):
+    def forward(self, x, context=None):
         return _Reorder.apply(x, self.order, self.inverse_order), x.new_zeros(x.shape[0])
 
-    def inverse(self, z):
+    def inverse(self, z, context=None):
         return _Reorder.apply(z, self.inverse_order, self.order), z.new_zeros(z.shape[0])
 
 
@@ -197,10 +232,10 @@ class DiagonalScaling(Flow):
         super().__init__()
         self.log_scale = nn.Parameter(torch.zeros(features))
 
-    def forward(self, x):
+    def forward(self, x, context=None):
         return x * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
 
-    def inverse(self, z):
+    def inverse(self, z, context=None):
         return z * (-self.log_scale).exp(), -self.log_scale.sum().expand(z.shape[0])
 
 
@@ -212,10 +247,11 @@ class CouplingFlow(Composite):
     ones second, so that each coupling transforms half the pixels given their
     neighbours, and its inverse permutation comes last (which puts the pixels back in
     place unless the layers in between reorder them too). z has the shape of x, and
-    permutations cost no log-det.
+    permutations cost no log-det. `context_features`: the size c of the context [batch, c]
+    its couplings are conditioned on, 0 for an unconditional flow.
     """
 
-    def __init__(self, prior, couplings):
+    def __init__(self, prior, couplings, context_features=0):
         check_even(prior.dim, type(self).__name__)
         layers = list(couplings)
         if len(prior.shape) == 3:
@@ -223,13 +259,14 @@ class CouplingFlow(Composite):
             layers = [Permutation(order)] + layers + [Permutation(order.argsort())]
         super().__init__(layers, prior)
         self.shape = prior.shape
+        self.context_features = context_features
 
-    def forward(self, x):
-        z, logdet = super().forward(self._flatten(x))
+    def forward(self, x, context=None):
+        z, logdet = super().forward(self._flatten(x), context)
         return z.reshape(x.shape), logdet
 
-    def inverse(self, z):
-        x, logdet = super().inverse(self._flatten(z))
+    def inverse(self, z, context=None):
+        x, logdet = super().inverse(self._flatten(z), context)
         return x.reshape(z.shape), logdet
 
     def _flatten(self, inputs):

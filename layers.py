@@ -6,7 +6,8 @@ affine map whose parameters are set from the data once, before training:
     z = exp(s) * x + b,    Jacobian diag(exp(s)),    logdet = sum(s)
 
 `data_dependent_init(flow, x)` runs one batch through the flow and sets each ActNorm so
-that its output has zero mean and unit variance per feature on that batch. On MNIST this
+that its output has zero mean and unit variance per feature on that batch (for a
+conditional flow, step 11, it also sets the prior's mean of each context). On MNIST this
 matters: the logits (pixels.py) of background and of stroke pixels have very different
 means and spreads, and couplings that start as the identity, with bounded log-scales,
 take many steps to learn per-pixel scales that ActNorm gets from one batch.
@@ -38,13 +39,13 @@ class ActNorm(DiagonalScaling):
         self.bias = nn.Parameter(torch.zeros(features))
         self.initialize_on_next_forward = False
 
-    def forward(self, x):
+    def forward(self, x, context=None):
         if self.initialize_on_next_forward:
             self._initialize(x)
         z, logdet = super().forward(x)
         return z + self.bias, logdet
 
-    def inverse(self, z):
+    def inverse(self, z, context=None):
         return super().inverse(z - self.bias)
 
     @torch.no_grad()
@@ -58,12 +59,16 @@ class ActNorm(DiagonalScaling):
 
 
 @torch.no_grad()
-def data_dependent_init(flow, x):
-    """Set every ActNorm in `flow` from the batch `x` (each sees the output of the layers before it)."""
+def data_dependent_init(flow, x, context=None):
+    """Set every ActNorm in `flow` from the batch `x` (each sees the output of the layers
+    before it; a conditional flow's couplings also see `context`), and a conditional
+    prior's means from the latents of x (prior.py's fit_context_means)."""
     actnorms = [m for m in flow.modules() if isinstance(m, ActNorm)]
     for actnorm in actnorms:
         actnorm.initialize_on_next_forward = True
-    flow(x)
+    z, _ = flow(x, context)
+    if context is not None and getattr(flow.prior, "context_features", 0):
+        flow.prior.fit_context_means(z, context)
     return len(actnorms)
 
 
@@ -93,13 +98,13 @@ class LUMixing(Flow):
         upper = self.weight.triu(1) + torch.diag(self.log_scale.exp())
         return lower, upper
 
-    def forward(self, x):
+    def forward(self, x, context=None):
         lower, upper = self._factors()
         with without_autocast(x.device.type):
             y = x @ upper.T @ lower.T  # row vectors [batch, n]: (L U x^T)^T
         return self.permutation(y)[0] + self.bias, self.log_scale.sum().expand(x.shape[0])
 
-    def inverse(self, z):
+    def inverse(self, z, context=None):
         lower, upper = self._factors()
         y = self.permutation.inverse(z - self.bias)[0]
         # Solve t L^T = y, then x U^T = t.

@@ -4,13 +4,20 @@
     python main.py --time-budget 600       # stop training after 10 minutes, then evaluate
     python main.py --eval runs/mnist/best.pt
     python main.py --sample runs/mnist/best.pt --temperature 0.7
+    python main.py --conditional --out runs/conditional    # p(image | digit), and a classifier
+    python main.py --sample runs/conditional/best.pt --digit 3 7
 
 The lesson: for each batch of images, loss = -mean log p(v) (pixels.py), then backward
 and an AdamW step (training.TrainingStep, which also clips, skips non-finite steps and
 handles precision and compile). Each epoch then scores bits/dim on the validation split
 (the last 5,000 training images, which choose best.pt) and on the test split, and writes
-into --out samples_EPOCH.png, a line of metrics.jsonl, latest.pt and best.pt. Ctrl-C or
-SIGTERM saves latest.pt (checkpoints.py), and --resume goes on from it.
+into --out samples_EPOCH.png, a line of metrics.jsonl, curves.png (bits/dim by epoch and by
+seconds), latest.pt and best.pt. Ctrl-C or SIGTERM saves latest.pt (checkpoints.py), and
+--resume goes on from it.
+
+With --conditional the flow models p(image | digit) (conditional.py): the same loss and
+bits/dim, given each image's label, and after the last epoch the test split is also scored
+by the marginal bits/dim and the accuracy of classifying each image by likelihood.
 """
 import argparse
 import json
@@ -26,10 +33,11 @@ from tqdm import tqdm
 import checkpoints
 import distributed
 from distributed import print_once, rank, world_size
+from conditional import label_context, log_density_by_digit, marginal_log_density, same_digit_pairs
 from download_mnist import MnistDownloadError, ensure_mnist, load_mnist
 from layers import data_dependent_init
 from models import add_model_arguments, build_model, model_config
-from pictures import save_interpolations, save_samples
+from pictures import save_curves, save_digit_rows, save_interpolations, save_samples
 from pixels import NegativeLogLikelihood, bits_per_dim, dequantize_and_logit, log_density
 from training import (SetupError, TrainingClock, TrainingLosses, TrainingStep, add_step_arguments,
                       check_step_arguments, cosine_learning_rate, evaluation_mode, make_optimizer, pick_device,
@@ -55,7 +63,7 @@ class TrainingDiverged(Exception):
 
 
 def get_data(args, split):
-    """uint8 images [N, 1, 28, 28] of a split, downloading MNIST first when it is missing.
+    """(uint8 images [N, 1, 28, 28], labels [N]) of a split, downloading MNIST first when it is missing.
 
     Under torchrun the first process downloads while the others wait.
     """
@@ -63,7 +71,7 @@ def get_data(args, split):
         if rank() == 0:
             ensure_mnist(args.data, mirrors=args.mirror, default_mirrors=args.default_mirrors)
         distributed.barrier()
-        images, _ = load_mnist(args.data, split)
+        images, labels = load_mnist(args.data, split)
     except MnistDownloadError as error:
         print(error, file=sys.stderr)
         print("or let main.py install it: python main.py --mirror /path/to/folder/with/the/gz/files", file=sys.stderr)
@@ -71,21 +79,24 @@ def get_data(args, split):
     except (OSError, ValueError) as error:  # a missing or corrupt file
         print(f"main.py: error: {error}", file=sys.stderr)
         raise SystemExit(1)
-    return images.unsqueeze(1)
+    return images.unsqueeze(1), labels
 
 
 # --------------------------------------------------------------------------- training
 
 
 def train(args, device):
-    """Train (or go on with --resume), evaluating and saving every epoch; returns (model, test bits/dim)."""
+    """Train (or go on with --resume), evaluating and saving every epoch; returns (model, test figures)."""
     out = output_folder(args)
-    all_train, test_images = get_data(args, "train"), get_data(args, "test")
+    (all_train, all_labels), test = get_data(args, "train"), get_data(args, "test")
     valid_size = max(1, min(VALIDATION_SIZE, len(all_train) // 10))
-    train_images, valid_images = all_train[:-valid_size].to(device), all_train[-valid_size:]
+    valid = all_train[-valid_size:], all_labels[-valid_size:]
+    train_images = all_train[:-valid_size].to(device)
     torch.manual_seed(args.seed)
     config, alpha = args.model_config, args.model_config["alpha"]
     model = build_model(config).to(device)
+    # A conditional flow sees each image's one-hot digit; an unconditional one, nothing.
+    contexts = label_context(all_labels[:-valid_size]).to(device) if model.context_features else None
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     data_order = torch.Generator().manual_seed(args.seed)  # the same order in every process
     run = checkpoints.Run(config, vars(args), model, optimizer, data_order)
@@ -93,8 +104,11 @@ def train(args, device):
         run.restore(out / "latest.pt")
         print_once(f"resuming from {out / 'latest.pt'} after epoch {run.epochs_done}")
     else:
-        init_batch = train_images[torch.randperm(len(train_images), generator=data_order)[:INIT_BATCH]]
-        data_dependent_init(model, dequantize_and_logit(init_batch, alpha)[0])
+        if rank() == 0:  # a fresh run replaces the checkpoints of an older one in --out, and its log
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        init_index = torch.randperm(len(train_images), generator=data_order)[:INIT_BATCH].to(device)
+        data_dependent_init(model, dequantize_and_logit(train_images[init_index], alpha)[0],
+                            None if contexts is None else contexts[init_index])
     if rank() > 0:  # each process draws its own dequantization noise
         torch.manual_seed(args.seed + 1000 * run.epochs_done + rank())
     # The loss, -mean log p(v) (pixels.py), and one step on it: backward, clip, AdamW (training.py).
@@ -103,22 +117,24 @@ def train(args, device):
     print_once(describe(args, model, device, precision, len(train_images)))
 
     clock = TrainingClock(run.train_seconds, device)
-    losses, test_bpd = TrainingLosses(device), None
+    losses, test_figures = TrainingLosses(device), None
     try:
         for epoch in range(run.epochs_done + 1, args.epochs + 1):
             if args.time_budget is not None and clock.read() >= args.time_budget:
                 print_once(f"time budget of {args.time_budget:g} s reached")
                 break
             started = time.monotonic()
-            images_seen = train_epoch(args, run, step, train_images, losses, clock, epoch)
+            images_seen = train_epoch(args, run, step, train_images, contexts, losses, clock, epoch)
             seconds = time.monotonic() - started
             run.epochs_done, run.train_seconds = epoch, clock.read()  # an interrupt from here on saves this epoch
+            # A conditional flow's last epoch also classifies the test split: ten flow passes an image.
+            last = epoch == args.epochs or (args.time_budget is not None and run.train_seconds >= args.time_budget)
+            test_figures = evaluate(model, *test, alpha, device, classify=last and model.context_features > 0)
             metrics = {"epoch": epoch, "train_bpd": bits_per_dim(-losses.epoch_mean()),
-                       "valid_bpd": evaluate(model, valid_images, alpha, device),
-                       "test_bpd": evaluate(model, test_images, alpha, device),
+                       "valid_bpd": evaluate(model, *valid, alpha, device)["bpd"],
+                       **{f"test_{name}": value for name, value in test_figures.items()},
                        "images": images_seen, "seconds": round(seconds, 2),
                        "samples_per_s": round(images_seen / seconds, 1)}
-            test_bpd = metrics["test_bpd"]
             if rank() == 0:
                 save_epoch(run, out, metrics)
     except KeyboardInterrupt:
@@ -126,14 +142,18 @@ def train(args, device):
             checkpoints.save(out / "latest.pt", run.state())
             print(f"\ninterrupted: saved {out / 'latest.pt'} after epoch {run.epochs_done} (resume with --resume)")
         raise SystemExit(130)
-    if test_bpd is None:
-        test_bpd = evaluate(model, test_images, alpha, device)
-    print_once(f"final test bits/dim: {test_bpd:.4f}")
-    return model, test_bpd
+    if test_figures is None or model.context_features and "accuracy" not in test_figures:
+        # No epoch left to train, or the time budget ran out during the last epoch's evaluation.
+        test_figures = evaluate(model, *test, alpha, device, classify=model.context_features > 0)
+        if rank() == 0 and (out / "metrics.jsonl").exists():
+            add_to_last_metrics(out / "metrics.jsonl", {f"test_{name}": value for name, value in test_figures.items()})
+    print_once(f"final {describe_figures(test_figures)}")
+    return model, test_figures
 
 
-def train_epoch(args, run, step, images, losses, clock, epoch):
-    """One pass over this process's share of `images`, or less when the time budget runs out.
+def train_epoch(args, run, step, images, contexts, losses, clock, epoch):
+    """One pass over this process's share of `images` (with their `contexts`, None for an
+    unconditional flow), or less when the time budget runs out.
 
     Returns the number of images all processes trained on.
     """
@@ -149,9 +169,10 @@ def train_epoch(args, run, step, images, losses, clock, epoch):
             progress = max(progress, seconds / args.time_budget)
         for group in run.optimizer.param_groups:
             group["lr"] = cosine_learning_rate(args.lr, progress)
-        batch = images[order[index * args.batch_size : (index + 1) * args.batch_size]]
-        losses.add(step(batch))  # the loss, NaN where the step was skipped
-        trained += len(batch) * world_size()
+        batch_index = order[index * args.batch_size : (index + 1) * args.batch_size]
+        context = None if contexts is None else contexts[batch_index]
+        losses.add(step(images[batch_index], context))  # the loss, NaN where the step was skipped
+        trained += len(batch_index) * world_size()
         if (index + 1) % LOG_INTERVAL == 0 or index + 1 == steps:
             recent_loss, bad_streak = losses.read()
             if bad_streak >= MAX_BAD_STEPS:
@@ -168,9 +189,10 @@ def train_epoch(args, run, step, images, losses, clock, epoch):
 
 
 def save_epoch(run, out, metrics):
-    """Checkpoints, then the metrics line, a sample grid and a line on the terminal.
+    """Checkpoints, then the metrics line, the learning curves, a sample grid and a line on the terminal.
 
     Checkpoints come first: a crash in between can lose the metrics line, never write it twice.
+    curves.png is drawn again from all of metrics.jsonl.
     """
     improved = math.isfinite(metrics["valid_bpd"]) and metrics["valid_bpd"] < run.best_valid_bpd
     if improved:
@@ -181,10 +203,31 @@ def save_epoch(run, out, metrics):
     checkpoints.save(out / "latest.pt", state)
     with open(out / "metrics.jsonl", "a") as file:
         file.write(json.dumps(metrics) + "\n")
-    save_samples(run.model, out / f"samples_{metrics['epoch']:03d}.png", run.config["alpha"], temperature=0.7)
+    save_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png")
+    grid, alpha = out / f"samples_{metrics['epoch']:03d}.png", run.config["alpha"]
+    if run.model.context_features:
+        save_digit_rows(run.model, grid, alpha, temperature=0.7)
+    else:
+        save_samples(run.model, grid, alpha, temperature=0.7)
+    classified = (f"  marginal {metrics['test_marginal_bpd']:.4f}  accuracy {metrics['test_accuracy']:.2%}"
+                  if "test_accuracy" in metrics else "")
     print_once(f"epoch {metrics['epoch']}: train {metrics['train_bpd']:.4f}  valid {metrics['valid_bpd']:.4f}  "
-               f"test {metrics['test_bpd']:.4f} bits/dim  ({metrics['seconds']:.0f} s, "
+               f"test {metrics['test_bpd']:.4f} bits/dim{classified}  ({metrics['seconds']:.0f} s, "
                f"{metrics['samples_per_s']:.0f} img/s)")
+
+
+def read_metrics(path):
+    """The lines of a metrics.jsonl, one dict per epoch."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def add_to_last_metrics(path, figures):
+    """Merge `figures` into the last line of metrics.jsonl, rewritten in one replace."""
+    lines = read_metrics(path)
+    lines[-1].update(figures)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    temporary.replace(path)
 
 
 def describe(args, model, device, precision, n_images):
@@ -192,8 +235,9 @@ def describe(args, model, device, precision, n_images):
     config, parameters = args.model_config, sum(p.numel() for p in model.parameters()) / 1e6
     processes = f" x {world_size()} processes" if world_size() > 1 else ""
     nets = str(precision or torch.float32).removeprefix("torch.")
-    compiling = "; the first step compiles the training loss (up to a minute)" if args.compile else ""
-    return (f"{config['model']}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}, "
+    compiling = "; the first step compiles the training loss (a minute or two)" if args.compile else ""
+    conditional = ", conditioned on the digit" if config.get("conditional") else ""
+    return (f"{config['model']}{conditional}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}, "
             f"{parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
             f"{n_images} training images{compiling}")
 
@@ -201,20 +245,44 @@ def describe(args, model, device, precision, n_images):
 # --------------------------------------------------------------------------- evaluation in bits/dim
 
 
-def evaluate(model, images, alpha, device):
-    """Mean bits/dim over uint8 `images` [N, 1, 28, 28].
+def evaluate(model, images, labels, alpha, device, classify=False):
+    """Figures over uint8 `images` [N, 1, 28, 28]: {"bpd": mean bits/dim}, given each
+    image's label (`labels` [N]) for a conditional model.
 
-    Each batch draws its dequantization noise from its own fixed seed, so the figure is
+    With `classify` (a conditional model only) also the mean marginal bits/dim, from
+    log p(x) = logsumexp_d log p(x | d) + log 1/10, and the "accuracy" of the Bayes
+    classifier argmax_d log p(x | d) (conditional.py), at ten passes of the flow per image.
+    Each batch draws its dequantization noise from its own fixed seed, so the figures are
     the same every time, and the same whichever processes share the batches.
     """
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # bits/dim, marginal bits/dim, correct
     with evaluation_mode(model):
         for index, start in enumerate(range(0, len(images), EVAL_BATCH)):
-            if index % world_size() == rank():
-                generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED + index)
-                batch = images[start : start + EVAL_BATCH].to(device)
-                total += bits_per_dim(log_density(model, batch, alpha, generator)).double().sum()
-    return distributed.all_reduce(total).item() / len(images)
+            if index % world_size() != rank():
+                continue
+            generator = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED + index)
+            batch = images[start : start + EVAL_BATCH].to(device)
+            batch_labels = labels[start : start + EVAL_BATCH].to(device)
+            if classify:
+                by_digit = log_density_by_digit(model, batch, alpha, generator)  # [B, 10]
+                log_p = by_digit.gather(1, batch_labels.long().unsqueeze(1)).squeeze(1)
+                totals[1] += bits_per_dim(marginal_log_density(by_digit)).double().sum()
+                totals[2] += (by_digit.argmax(1) == batch_labels).sum()
+            else:
+                context = label_context(batch_labels) if model.context_features else None
+                log_p = log_density(model, batch, alpha, generator, context)
+            totals[0] += bits_per_dim(log_p).double().sum()
+    bpd, marginal_bpd, accuracy = (distributed.all_reduce(totals) / len(images)).tolist()
+    return {"bpd": bpd, "marginal_bpd": marginal_bpd, "accuracy": accuracy} if classify else {"bpd": bpd}
+
+
+def describe_figures(figures):
+    """One line of evaluate's figures."""
+    line = f"test bits/dim: {figures['bpd']:.4f}"
+    if "accuracy" in figures:
+        line += (f" (given the digit), marginal test bits/dim: {figures['marginal_bpd']:.4f}, "
+                 f"test accuracy by likelihood: {figures['accuracy']:.2%}")
+    return line
 
 
 # --------------------------------------------------------------------------- sampling a checkpoint
@@ -225,12 +293,29 @@ def sample(args, device):
     state = checkpoints.load(args.sample)
     model = checkpoints.model_from(state, args.sample, device)
     alpha, out = state["model_config"]["alpha"], output_folder(args)
+    conditional = model.context_features > 0
+    if args.digit and not conditional:
+        raise UsageError(f"--digit needs a conditional checkpoint (trained with --conditional); {args.sample} is not")
     for temperature in args.temperature:
-        path = out / f"samples_t{temperature:g}.png"
-        save_samples(model, path, alpha, n=args.n, temperature=temperature)
-        print(f"wrote {args.n} samples at temperature {temperature:g} to {path}")
-    pairs = get_data(args, "test")[: 2 * args.pairs].to(device)
-    save_interpolations(model, pairs, out / "interpolation.png", alpha)
+        name = f"samples_t{temperature:g}"
+        if not conditional:
+            save_samples(model, out / f"{name}.png", alpha, n=args.n, temperature=temperature)
+            print(f"wrote {args.n} samples at temperature {temperature:g} to {out / f'{name}.png'}")
+        elif not args.digit:
+            save_digit_rows(model, out / f"{name}.png", alpha, temperature=temperature)
+            print(f"wrote a row of samples of each digit 0-9 at temperature {temperature:g} to {out / f'{name}.png'}")
+        for digit in args.digit:
+            path = out / f"{name}_digit{digit}.png"
+            save_samples(model, path, alpha, n=args.n, temperature=temperature, digit=digit)
+            print(f"wrote {args.n} samples of {digit} at temperature {temperature:g} to {path}")
+    images, labels = get_data(args, "test")
+    # A conditional flow decodes each path as one digit, so its pairs show the same digit.
+    pairs = same_digit_pairs(labels, args.pairs) if conditional else torch.arange(min(2 * args.pairs, len(images)))
+    if len(pairs) < 2:
+        print("no interpolations: the test split has no two images of one digit")
+        return
+    save_interpolations(model, images[pairs].to(device), out / "interpolation.png", alpha,
+                        labels=labels[pairs] if conditional else None)
     print(f"wrote latent interpolations between {len(pairs) // 2} pairs of test digits to {out / 'interpolation.png'}")
 
 
@@ -254,8 +339,8 @@ def parse_args(argv=None):
     training = add_step_arguments(parser)  # the step's flags: --batch-size, --lr, --precision, ...
     training.add_argument("--epochs", type=int, default=12, help="passes over the training images")
     training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                          help="stop training after this wall time (evaluations included), then evaluate and save "
-                               "as at an epoch's end")
+                          help="stop training once this much wall time has passed (the evaluations between epochs "
+                               "included), then evaluate and save as at an epoch's end")
     training.add_argument("--seed", type=int, default=0, help="random seed")
     files = parser.add_argument_group("files")
     files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
@@ -268,11 +353,17 @@ def parse_args(argv=None):
     other = parser.add_argument_group("evaluate or sample a checkpoint instead of training")
     other.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
     other.add_argument("--sample", metavar="CKPT", help="write grids of samples from a checkpoint into OUT")
-    other.add_argument("--n", type=int, default=64, help="number of samples per grid for --sample")
+    other.add_argument("--n", type=int, default=64,
+                       help="number of samples per grid for --sample (a conditional checkpoint's grid of all ten "
+                            "digits has rows of 10)")
     other.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7, 0.5],
                        help="prior standard deviations for --sample: one grid each")
     other.add_argument("--pairs", type=int, default=8,
                        help="--sample also interpolates in latent space between this many pairs of test digits")
+    other.add_argument("--digit", type=int, nargs="+", action="extend", default=[], choices=range(10),
+                       metavar="DIGIT", help="--sample of a conditional checkpoint: grids of these digits 0-9 "
+                                             "(repeatable), one per digit and temperature; default: one grid with a "
+                                             "row of each digit")
 
     args = parser.parse_args(argv)
     args.model_config = model_config(args, parser)
@@ -288,6 +379,8 @@ def parse_args(argv=None):
             parser.error(f"{flag} must be a positive number, got {' '.join(map(str, values))}")
     if args.eval and args.sample:
         parser.error("--eval and --sample are separate jobs: give one")
+    if args.digit and not args.sample:
+        parser.error("--digit chooses what --sample draws: give --sample CKPT too")
     if args.sample and distributed.started_by_torchrun():
         parser.error("--sample runs in one process: start it with python, not torchrun")
     return args
@@ -303,8 +396,9 @@ def main(argv=None):
         if args.eval:
             state = checkpoints.load(args.eval)
             model = checkpoints.model_from(state, args.eval, device)
-            test_bpd = evaluate(model, get_data(args, "test"), state["model_config"]["alpha"], device)
-            print_once(f"test bits/dim: {test_bpd:.4f}")
+            figures = evaluate(model, *get_data(args, "test"), state["model_config"]["alpha"], device,
+                               classify=model.context_features > 0)
+            print_once(describe_figures(figures))
             return 0
         if args.sample:
             sample(args, device)

@@ -6,11 +6,14 @@
 `model_config(args, parser)` makes one from the command line, every checkpoint stores one, and
 `build_model(config)` rebuilds the same flow from it, so a checkpoint needs nothing but
 itself. `alpha` is the logit squash of pixels.py: not part of the flow, but part of the
-density it is trained and scored on.
+density it is trained and scored on. A class-conditional flow (--conditional,
+conditional.py) has `"conditional": True` as well; an unconditional one has no such key,
+so its config and checkpoints are those of before conditioning existed.
 """
 import argparse
 import math
 
+from conditional import DIGITS
 from nice import NICE
 from realnvp import RealNVP
 from spline import NeuralSplineFlow
@@ -37,6 +40,9 @@ def add_model_arguments(parser):
     group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP")
     group.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP")
     group.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v (pixels.py)")
+    group.add_argument("--conditional", action="store_true",
+                       help="model p(image | digit): the coupling nets also see the one-hot digit (conditional.py); "
+                            "adds the marginal bits/dim and the accuracy of classifying digits by likelihood")
     realnvp = parser.add_argument_group("RealNVP and spline only (an error with --model nice)")
     realnvp.add_argument("--actnorm", action=argparse.BooleanOptionalAction, default=None,
                          help="an ActNorm layer before each block, initialised from data (default: on)")
@@ -76,14 +82,17 @@ def model_config(args, parser):
         parser.error(f"--bins must be 2 or more, got {config['bins']}")
     if "bound" in config and not (math.isfinite(config["bound"]) and config["bound"] > 0):
         parser.error(f"--bound must be a positive number, got {config['bound']}")
+    if args.conditional:
+        config["conditional"] = True
     return config
 
 
 def build_model(config):
     """The flow a model config describes (untrained); ValueError for an incomplete config."""
     keys = set(SHARED_KEYS) | set(OPTIONS.get(config.get("model"), {}))
-    if set(config) != keys:
+    if set(config) - {"conditional"} != keys:
         raise ValueError(f"a {config.get('model')} config has the keys {', '.join(sorted(keys))}; "
                          f"got {', '.join(sorted(config))}")
-    options = {name: value for name, value in config.items() if name not in ("model", "shape", "alpha")}
-    return MODELS[config["model"]].build(config["shape"], **options)
+    options = {name: value for name, value in config.items() if name not in ("model", "shape", "alpha", "conditional")}
+    context_features = DIGITS if config.get("conditional") else 0  # the one-hot digit
+    return MODELS[config["model"]].build(config["shape"], **options, context_features=context_features)

@@ -26,8 +26,8 @@ from prior import Gaussian
 class AdditiveCoupling(Coupling):
     """g(h; c) = h + shift_net(c): one of f0 / f1 above, logdet = 0."""
 
-    def __init__(self, features, shift_net, update):
-        super().__init__(features, update)
+    def __init__(self, features, shift_net, update, context_features=0):
+        super().__init__(features, update, context_features)
         self.shift_net = zero_last_layer(shift_net)  # starts as the identity
 
     def couple(self, half, condition):
@@ -43,10 +43,11 @@ class NICE(CouplingFlow):
     """Stacked blocks F = f0 o f1 of additive couplings over the prior's shape.
 
     prior: a `Gaussian` (its shape is the data's shape, n = its size, n even).
-    vNets, uNets: one MLP R^{n/2} -> R^{n/2} per block for v and u.
+    vNets, uNets: one MLP R^{n/2} -> R^{n/2} per block for v and u
+    (R^{n/2 + c} -> R^{n/2} for a flow conditioned on a context of c = context_features).
     """
 
-    def __init__(self, prior, vNets, uNets, scaling=True):
+    def __init__(self, prior, vNets, uNets, scaling=True, context_features=0):
         check_even(prior.dim, "NICE")
         if len(vNets) != len(uNets):
             raise ValueError(f"NICE needs one u per v, got {len(vNets)} v nets and {len(uNets)} u nets")
@@ -54,17 +55,18 @@ class NICE(CouplingFlow):
         couplings = []
         for v, u in zip(vNets, uNets):
             # F = f0 o f1: data to latent applies f1 (y += u(x)) first, then f0 (x += v(y)).
-            couplings += [AdditiveCoupling(n, u, update="y"), AdditiveCoupling(n, v, update="x")]
+            couplings += [AdditiveCoupling(n, u, "y", context_features), AdditiveCoupling(n, v, "x", context_features)]
         if scaling:
             couplings.append(DiagonalScaling(n))
-        super().__init__(prior, couplings)
+        super().__init__(prior, couplings, context_features)
 
     @classmethod
-    def build(cls, shape, blocks=4, hidden=1000, depth=2):
-        """NICE over data of `shape` with MLP couplings n/2 -> hidden (x depth) -> n/2."""
-        prior = Gaussian(shape)
-        nets = lambda: [coupling_mlp(prior.dim // 2, hidden, depth) for _ in range(blocks)]
-        return cls(prior, nets(), nets())
+    def build(cls, shape, blocks=4, hidden=1000, depth=2, context_features=0):
+        """NICE over data of `shape` with MLP couplings n/2 (+ c) -> hidden (x depth) -> n/2."""
+        prior = Gaussian(shape, context_features)
+        half = prior.dim // 2
+        nets = lambda: [coupling_mlp(half + context_features, hidden, depth, out_features=half) for _ in range(blocks)]
+        return cls(prior, nets(), nets(), context_features=context_features)
 
 
 if __name__ == "__main__":

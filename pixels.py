@@ -42,10 +42,11 @@ def logit_to_pixels(y, alpha):
     return ((torch.sigmoid(y) - alpha) / (1 - 2 * alpha)).clamp(0, 1)
 
 
-def log_density(flow, images, alpha, generator=None):
-    """log p(v) [B] of dequantized uint8 images under the flow (step 3)."""
+def log_density(flow, images, alpha, generator=None, context=None):
+    """log p(v) [B] of dequantized uint8 images under the flow (step 3); log p(v | context)
+    for a conditional flow."""
     y, logdet = dequantize_and_logit(images, alpha, generator)
-    return flow.logProbability(y) + logdet
+    return flow.logProbability(y, context) + logdet
 
 
 def bits_per_dim(log_p_v):
@@ -54,7 +55,8 @@ def bits_per_dim(log_p_v):
 
 
 class NegativeLogLikelihood(nn.Module):
-    """The training loss, -mean log p(v) over a batch of uint8 images.
+    """The training loss, -mean log p(v) over a batch of uint8 images (-mean log p(v | context)
+    for a conditional flow).
 
     A module rather than a function, so that torch.compile and DistributedDataParallel
     can wrap it: its parameters are the flow's.
@@ -64,8 +66,8 @@ class NegativeLogLikelihood(nn.Module):
         super().__init__()
         self.flow, self.alpha = flow, alpha
 
-    def forward(self, images):
-        return -log_density(self.flow, images, self.alpha).mean()
+    def forward(self, images, context=None):
+        return -log_density(self.flow, images, self.alpha, context=context).mean()
 
 
 if __name__ == "__main__":
@@ -76,7 +78,7 @@ if __name__ == "__main__":
     class UniformPixels:
         """v uniform on [0, 1)^D, written as a density of y: log dv/dy = log sigmoid(y) sigmoid(-y) - log(1 - 2a)."""
 
-        def logProbability(self, y):
+        def logProbability(self, y, context=None):
             return (logsigmoid(y) + logsigmoid(-y) - math.log(1 - 2 * alpha)).flatten(1).sum(1)
 
     torch.manual_seed(0)

@@ -35,8 +35,8 @@ from prior import Gaussian
 class AffineCoupling(Coupling):
     """g(h; c) = exp(s(c)) * h + t(c) with s = a * tanh(log_scale_net(c)): logdet = sum(s)."""
 
-    def __init__(self, features, shift_net, log_scale_net, update):
-        super().__init__(features, update)
+    def __init__(self, features, shift_net, log_scale_net, update, context_features=0):
+        super().__init__(features, update, context_features)
         self.shift_net = zero_last_layer(shift_net)
         self.log_scale_net = zero_last_layer(log_scale_net)
         self.log_scale_bound = nn.Parameter(torch.ones(features // 2))
@@ -62,7 +62,8 @@ class RealNVP(CouplingFlow):
 
     prior: a `Gaussian` (its shape is the data's shape, n = its size, n even).
     vNets, uNets, svNets, suNets: one MLP R^{n/2} -> R^{n/2} per block for each of
-    v, u, sv, su.
+    v, u, sv, su (R^{n/2 + c} -> R^{n/2} for a flow conditioned on a context of
+    c = context_features).
     actnorm: put an ActNorm (layers.py) before each block; call
     `layers.data_dependent_init` with a batch of data before training.
     shuffle: reorder the features by a fixed random permutation between blocks (logdet 0).
@@ -70,7 +71,8 @@ class RealNVP(CouplingFlow):
     starts as such a permutation and replaces it.
     """
 
-    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False, shuffle=False, mixing=False):
+    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False, shuffle=False, mixing=False,
+                 context_features=0):
         check_even(prior.dim, "RealNVP")
         counts = {len(vNets), len(uNets), len(svNets), len(suNets)}
         if len(counts) != 1:
@@ -83,15 +85,18 @@ class RealNVP(CouplingFlow):
         for index, (v, u, sv, su) in enumerate(zip(vNets, uNets, svNets, suNets)):
             couplings += layers_between_blocks(index, n, actnorm, shuffle, mixing)
             # F = f0 o f1: data to latent applies f1 (transforms y) first, then f0 (x).
-            couplings += [AffineCoupling(n, u, su, update="y"), AffineCoupling(n, v, sv, update="x")]
-        super().__init__(prior, couplings)
+            couplings += [AffineCoupling(n, u, su, "y", context_features), AffineCoupling(n, v, sv, "x", context_features)]
+        super().__init__(prior, couplings, context_features)
 
     @classmethod
-    def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False, shuffle=False, mixing=False, dropout=0.0):
-        """RealNVP over data of `shape` with MLP couplings n/2 -> hidden (x depth) -> n/2."""
-        prior = Gaussian(shape)
-        nets = lambda: [coupling_mlp(prior.dim // 2, hidden, depth, dropout=dropout) for _ in range(blocks)]
-        return cls(prior, nets(), nets(), nets(), nets(), actnorm=actnorm, shuffle=shuffle, mixing=mixing)
+    def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False, shuffle=False, mixing=False, dropout=0.0,
+              context_features=0):
+        """RealNVP over data of `shape` with MLP couplings n/2 (+ c) -> hidden (x depth) -> n/2."""
+        prior = Gaussian(shape, context_features)
+        half = prior.dim // 2
+        nets = lambda: [coupling_mlp(half + context_features, hidden, depth, dropout=dropout, out_features=half)
+                        for _ in range(blocks)]
+        return cls(prior, nets(), nets(), nets(), nets(), actnorm, shuffle, mixing, context_features)
 
 
 def layers_between_blocks(index, n, actnorm=False, shuffle=False, mixing=False):

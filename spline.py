@@ -89,11 +89,12 @@ def rational_quadratic_spline(h, widths, heights, derivatives, bound, inverse=Fa
 class SplineCoupling(Coupling):
     """g(h; c) = spline_{net(c)}(h) per feature of the updated half: logdet = sum log dg/dh.
 
-    net: an MLP from the conditioning half (n/2) to n/2 * (3 bins - 1) raw parameters.
+    net: an MLP from the conditioning half (n/2, + c context features) to n/2 * (3 bins - 1)
+    raw parameters.
     """
 
-    def __init__(self, features, net, update, bins=4, bound=16.0):
-        super().__init__(features, update)
+    def __init__(self, features, net, update, bins=4, bound=16.0, context_features=0):
+        super().__init__(features, update, context_features)
         self.net, self.bins, self.bound = zero_last_layer(net), bins, bound
         # softplus(raw) + MIN_BIN = 1 at raw = this: a zero net output means derivative 1.
         self.derivative_shift = math.log(math.expm1(1 - MIN_BIN))
@@ -120,24 +121,26 @@ class NeuralSplineFlow(CouplingFlow):
     """Blocks F = f0 o f1 of spline couplings over the prior's shape, with RealNVP's
     ActNorm, shuffles or LU mixing between blocks (realnvp.layers_between_blocks)."""
 
-    def __init__(self, prior, uNets, vNets, bins=4, bound=16.0, actnorm=False, shuffle=False, mixing=False):
+    def __init__(self, prior, uNets, vNets, bins=4, bound=16.0, actnorm=False, shuffle=False, mixing=False,
+                 context_features=0):
         if len(uNets) != len(vNets):
             raise ValueError(f"NeuralSplineFlow needs one v per u, got {len(uNets)} u nets and {len(vNets)} v nets")
         n, layers = prior.dim, []
         for index, (u, v) in enumerate(zip(uNets, vNets)):
             layers += layers_between_blocks(index, n, actnorm, shuffle, mixing)
-            layers += [SplineCoupling(n, u, "y", bins, bound), SplineCoupling(n, v, "x", bins, bound)]
-        super().__init__(prior, layers)
+            layers += [SplineCoupling(n, u, "y", bins, bound, context_features),
+                       SplineCoupling(n, v, "x", bins, bound, context_features)]
+        super().__init__(prior, layers, context_features)
 
     @classmethod
     def build(cls, shape, blocks=4, hidden=512, depth=2, bins=4, bound=16.0, actnorm=False, shuffle=False,
-              mixing=False, dropout=0.0):
-        """Spline couplings over data of `shape` with MLPs n/2 -> hidden (x depth) -> n/2 * (3 bins - 1)."""
-        prior = Gaussian(shape)
+              mixing=False, dropout=0.0, context_features=0):
+        """Spline couplings over data of `shape` with MLPs n/2 (+ c) -> hidden (x depth) -> n/2 * (3 bins - 1)."""
+        prior = Gaussian(shape, context_features)
         half = prior.dim // 2
-        nets = lambda: [coupling_mlp(half, hidden, depth, dropout=dropout, out_features=half * (3 * bins - 1))
-                        for _ in range(blocks)]
-        return cls(prior, nets(), nets(), bins, bound, actnorm, shuffle, mixing)
+        nets = lambda: [coupling_mlp(half + context_features, hidden, depth, dropout=dropout,
+                                     out_features=half * (3 * bins - 1)) for _ in range(blocks)]
+        return cls(prior, nets(), nets(), bins, bound, actnorm, shuffle, mixing, context_features)
 
 
 if __name__ == "__main__":

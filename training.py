@@ -42,9 +42,9 @@ def add_step_arguments(parser):
     group.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                        help="the coupling nets' precision in training (the rest stays float32); "
                             "auto picks bf16 where it is measured fast, else fp32")
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                       help="compile the training loss with torch.compile: faster steps after up to a minute of "
-                            "compiling (needs a C++ compiler on a CPU; without one, training goes on uncompiled)")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                       help="compile the training loss with torch.compile: faster steps after a minute or two of "
+                            "compiling (a C++ compiler is needed on a CPU; without one, training goes on uncompiled)")
     group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                        help="auto picks cuda, then mps, then cpu")
     return group
@@ -140,9 +140,10 @@ def evaluation_mode(model):
 
 
 class TrainingStep:
-    """A callable batch -> loss that takes one step of gradient descent on `objective`.
+    """A callable (batch, ...) -> loss that takes one step of gradient descent on `objective`.
 
-    objective: an nn.Module, batch -> scalar loss, whose parameters are the optimizer's.
+    objective: an nn.Module, (batch, ...) -> scalar loss, whose parameters are the
+    optimizer's (main.py's takes the images and, for a conditional flow, their context).
     precision: the coupling nets' autocast dtype (`pick_precision`), None for float32.
     max_grad_norm: the gradients are clipped to this norm.
     compile: run the objective and its backward through torch.compile, which fuses the
@@ -164,11 +165,12 @@ class TrainingStep:
         self.compiled_size = None  # the batch size `compiled` is for: the first one
         self.max_grad_norm = max_grad_norm
 
-    def __call__(self, batch):
+    def __call__(self, batch, *more_inputs):
+        inputs = (batch, *more_inputs)
         if self.compiled is not None and self.compiled_size is None:
             self.compiled_size = len(batch)
             try:
-                loss = self._loss_and_backward(self.compiled, batch)
+                loss = self._loss_and_backward(self.compiled, inputs)
             except Exception as error:  # raised by the compiler, not by the loss: eager runs it below
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 distributed.print_once(f"torch.compile failed ({reason}); training goes on uncompiled")
@@ -176,11 +178,11 @@ class TrainingStep:
             else:
                 return self._clip_and_step(loss)
         compiled = self.compiled is not None and len(batch) == self.compiled_size
-        return self._clip_and_step(self._loss_and_backward(self.compiled if compiled else self.objective, batch))
+        return self._clip_and_step(self._loss_and_backward(self.compiled if compiled else self.objective, inputs))
 
-    def _loss_and_backward(self, objective, batch):
+    def _loss_and_backward(self, objective, inputs):
         with self.autocast:
-            loss = objective(batch)
+            loss = objective(*inputs)
         self.optimizer.zero_grad(set_to_none=True)
         # A non-finite loss makes every gradient NaN, in every process, so all skip the step.
         self.scaler.scale(loss * torch.where(torch.isfinite(loss), 1.0, math.nan)).backward()

@@ -1,12 +1,12 @@
 """Training throughput of main.py's model on MNIST, against the compute floor of its nets.
 
-    python benchmarks/throughput.py                   # the defaults of main.py
-    python benchmarks/throughput.py --compile         # main.py's step under torch.compile, and without
+    python benchmarks/throughput.py                   # the defaults of main.py: compiled, and uncompiled beside
+    python benchmarks/throughput.py --no-compile      # uncompiled steps only
     python benchmarks/throughput.py --batch-size 512 --repeats 7
     python benchmarks/throughput.py --model realnvp --mixing   # main.py's model flags
 
 It takes main.py's model flags (models.py) and the training flags that set the speed:
---batch-size, --lr, --weight-decay, --device, --compile, and --precision for the mixed
+--batch-size, --lr, --weight-decay, --device, --compile (on by default, as in main.py), and --precision for the mixed
 precision to set against float32 (auto: bf16 or fp16 as main.py picks them, and bf16
 where main.py would pick float32). Prints, for that model:
 
@@ -140,6 +140,8 @@ def parse_flags(argv):
     check_step_arguments(flags, parser)
     if min(flags.steps, flags.repeats) <= 0:
         parser.error("--steps and --repeats must be positive")
+    if flags.conditional:
+        parser.error("the benchmark times unconditional models: leave out --conditional")
     if flags.precision == "fp32":
         parser.error("--precision names the mixed precision to set against float32: auto, bf16 or fp16")
     return flags

@@ -36,11 +36,12 @@ def _idx_bytes(array, magic):
     return header + array.tobytes()
 
 
-def fake_mnist_arrays(n_train=300, n_test=100, seed=0):
+def fake_mnist_arrays(n_train=300, n_test=100, seed=0, ink_by_label=False):
     """Return {"train": (images, labels), "test": (images, labels)} as uint8.
 
     Each image is dark with a random bright scribble inside the central
-    20x20 box, roughly where MNIST draws its digits.
+    20x20 box, roughly where MNIST draws its digits. With `ink_by_label`, the
+    scribble of label k keeps to rows 4 + 2k to 7 + 2k, so the label shows.
     """
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -49,13 +50,18 @@ def fake_mnist_arrays(n_train=300, n_test=100, seed=0):
         ink = rng.random((n, 20, 20)) < 0.2
         images[:, 4:24, 4:24] = ink * rng.integers(128, 256, (n, 20, 20))
         labels = rng.integers(0, 10, n).astype(np.uint8)
+        if ink_by_label:
+            first_row = 4 + 2 * labels.astype(int)  # [n]
+            rows = np.arange(28)
+            outside = (rows[None, :] < first_row[:, None]) | (rows[None, :] > first_row[:, None] + 3)  # [n, 28]
+            images[outside] = 0  # every column of the rows outside the label's band
         arrays[split] = (images, labels)
     return arrays
 
 
-def _fake_files(n_train, n_test, seed):
+def _fake_files(n_train, n_test, seed, ink_by_label=False):
     """{MNIST file name: its uncompressed idx content}."""
-    arrays = fake_mnist_arrays(n_train, n_test, seed)
+    arrays = fake_mnist_arrays(n_train, n_test, seed, ink_by_label)
     files = {}
     for prefix, split in (("train", "train"), ("t10k", "test")):
         images, labels = arrays[split]
@@ -64,7 +70,7 @@ def _fake_files(n_train, n_test, seed):
     return files
 
 
-def write_fake_mnist_raw(root, n_train=300, n_test=100, seed=0):
+def write_fake_mnist_raw(root, n_train=300, n_test=100, seed=0, ink_by_label=False):
     """Install unpacked fake files in ROOT/MNIST/raw/ like download_mnist.py.
 
     Returns {name: MD5 of the file}, usable as download_mnist's ``files``.
@@ -72,7 +78,7 @@ def write_fake_mnist_raw(root, n_train=300, n_test=100, seed=0):
     folder = Path(root) / "MNIST" / "raw"
     folder.mkdir(parents=True, exist_ok=True)
     checksums = {}
-    for name, data in _fake_files(n_train, n_test, seed).items():
+    for name, data in _fake_files(n_train, n_test, seed, ink_by_label).items():
         (folder / name).write_bytes(data)
         checksums[name] = _md5(data)
     return checksums

@@ -3,18 +3,39 @@
 A bijective joins by adding one line to BIJECTIVES: an id, a factory for a small
 instance, and the shape of one input sample. Each is checked with random (not identity)
 weights, in float64 where exactness is the point, against independent references:
-autograd Jacobians and `torch.linalg.slogdet`.
+autograd Jacobians and `torch.linalg.slogdet`. A conditional flow joins with its context
+held fixed (`GivenContext`): for each context it must be a bijection of x on its own.
 """
 import io
 
 import pytest
 import torch
 
+from conditional import DIGITS, label_context
 from flow import Composite, CouplingFlow, DiagonalScaling, Permutation, checkerboard_order, coupling_mlp
 from layers import ActNorm, LUMixing
 from nice import NICE, AdditiveCoupling
 from realnvp import RealNVP, AffineCoupling
 from spline import NeuralSplineFlow, SplineCoupling, rational_quadratic_spline
+
+
+class GivenContext(torch.nn.Module):
+    """A conditional flow with its context fixed to one row: x -> z for that context alone."""
+
+    def __init__(self, flow, context):
+        super().__init__()
+        self.flow = flow
+        self.register_buffer("context", torch.tensor(context, dtype=torch.float32).view(1, -1))
+
+    def forward(self, x):
+        return self.flow(x, self.context.expand(len(x), -1))
+
+    def inverse(self, z):
+        return self.flow.inverse(z, self.context.expand(len(z), -1))
+
+
+CONTEXT = [0.5, -1.0, 2.0]  # any vector can be a context; main.py's is a one-hot digit
+DIGIT_3 = label_context(torch.tensor([3])).tolist()
 
 BIJECTIVES = [
     pytest.param(lambda: AdditiveCoupling(8, coupling_mlp(4, 16, 2), update="x"), [8], id="additive-coupling-x"),
@@ -40,6 +61,19 @@ BIJECTIVES = [
                  [6], id="spline-coupling-y-2-bins"),
     pytest.param(lambda: NeuralSplineFlow.build([1, 4, 4], blocks=2, hidden=16, actnorm=True, shuffle=True), [1, 4, 4],
                  id="spline-flow-actnorm-shuffle"),
+    pytest.param(lambda: GivenContext(AdditiveCoupling(8, coupling_mlp(4 + 3, 16, 2, out_features=4), "x",
+                                                       context_features=3), CONTEXT), [8], id="conditional-additive"),
+    pytest.param(lambda: GivenContext(AffineCoupling(6, coupling_mlp(3 + 3, 16, 1, out_features=3),
+                                                     coupling_mlp(3 + 3, 16, 1, out_features=3), "y",
+                                                     context_features=3), CONTEXT), [6], id="conditional-affine"),
+    pytest.param(lambda: GivenContext(SplineCoupling(8, coupling_mlp(4 + 3, 16, 2, out_features=4 * 11), "x",
+                                                     context_features=3), CONTEXT), [8], id="conditional-spline"),
+    pytest.param(lambda: GivenContext(RealNVP.build([1, 4, 4], blocks=2, hidden=16, actnorm=True, shuffle=True,
+                                                    context_features=DIGITS), DIGIT_3),
+                 [1, 4, 4], id="conditional-realnvp-actnorm-shuffle"),
+    pytest.param(lambda: GivenContext(NeuralSplineFlow.build([1, 4, 4], blocks=2, hidden=16, actnorm=True, mixing=True,
+                                                             context_features=DIGITS), DIGIT_3),
+                 [1, 4, 4], id="conditional-spline-flow-mixing"),
     # Dropout is a training-time regulariser; in eval mode the flow is a deterministic bijection.
     pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16, dropout=0.5).eval(), [1, 4, 4],
                  id="realnvp-dropout-eval"),
@@ -115,6 +149,8 @@ def test_every_parameter_gets_a_gradient(factory, shape):
     (z.pow(2).sum() - logdet.sum()).backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
     for name, parameter in module.named_parameters():
+        if name.startswith("flow.prior."):  # a conditional prior's means: not part of the bijection
+            continue
         assert parameter.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(parameter.grad).all(), f"{name} has a non-finite gradient"
         assert parameter.grad.abs().max() > 0, f"{name} has an all-zero gradient"
@@ -184,14 +220,15 @@ def test_each_layer_stays_exact_with_bfloat16_nets(factory, shape):
     # stack, the round-off of one layer's inverse can tip an input of an earlier net to
     # the neighbouring bfloat16 value, so the stack is checked layer by layer.)
     module = randomized(factory, dtype=torch.float32)
+    flow, context = (module.flow, module.context.expand(6, -1)) if isinstance(module, GivenContext) else (module, None)
     h = torch.randn(6, *shape)
-    if isinstance(module, CouplingFlow):  # its layers work on flattened samples
+    if isinstance(flow, CouplingFlow):  # its layers work on flattened samples
         h = h.flatten(1)
-    layers = module.layers if isinstance(module, Composite) else [module]
+    layers = flow.layers if isinstance(flow, Composite) else [flow]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        for layer in layers:
-            out, logdet = layer(h)
-            h_back, inverse_logdet = layer.inverse(out)
+        for layer in layers:  # the layers without nets take the context and ignore it
+            out, logdet = layer(h, context)
+            h_back, inverse_logdet = layer.inverse(out, context)
             assert out.dtype == h_back.dtype == logdet.dtype == torch.float32
             # float32 round-off grows with the magnitudes the random weights reach.
             assert (h_back - h).abs().max() <= 1e-5 * (1 + out.abs().max()), type(layer).__name__
@@ -221,3 +258,23 @@ def test_splines_round_trip_on_bin_edges_and_in_the_tails():
     assert torch.allclose(out[:, [0, bins]], h[:, [0, bins]])  # the ends of [-B, B] stay put
     slope = torch.autograd.grad(out.sum(), h)[0]  # elementwise map: the Jacobian's diagonal
     torch.testing.assert_close(log_slope, slope.log(), rtol=0, atol=1e-9)
+
+
+def test_the_context_changes_the_density_and_must_fit():
+    flow = randomized(lambda: RealNVP.build([6], blocks=2, hidden=16, context_features=DIGITS))
+    x = torch.randn(5, 6, dtype=torch.float64)
+    three, seven = label_context(torch.full((5,), 3)), label_context(torch.full((5,), 7))
+    assert (flow.logProbability(x, three) - flow.logProbability(x, seven)).abs().min() > 1e-3
+    # Each context has its own bijection: a sample drawn for 7 maps back to the prior's draw under 7 only.
+    torch.manual_seed(1)
+    z = torch.randn(5, 6, dtype=torch.float64)
+    x_seven, _ = flow.inverse(z, seven)
+    assert (flow(x_seven, seven)[0] - z).abs().max() <= 1e-10
+    assert (flow(x_seven, three)[0] - z).abs().max() > 1e-3
+    assert flow.sample(5, context=seven).shape == (5, 6)
+    with pytest.raises(ValueError, match=r"is conditional: give a context \[batch, 10\]"):
+        flow(x)
+    with pytest.raises(ValueError, match=r"expects a context \[5, 10\], got \[5, 3\]"):
+        flow(x, torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="takes no context"):
+        RealNVP.build([6], blocks=1, hidden=8).double()(x, three)

@@ -17,7 +17,8 @@ import training
 from fake_mnist import write_fake_mnist_raw
 
 TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "50", "--device", "cpu",
-              "--precision", "fp32"]  # float32 nets on every machine, and no timing of bfloat16 at start
+              "--precision", "fp32", "--no-compile"]
+# float32 nets on every machine, no timing of bfloat16 at start, and no compiling (but where compiling is tested)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def test_train_writes_checkpoints_metrics_and_samples(data_root, tmp_path, capsy
     assert all(0 < m["test_bpd"] < 16 and m["samples_per_s"] > 0 for m in metrics)
     assert last_line(capsys) == f"final test bits/dim: {metrics[-1]['test_bpd']:.4f}"
     image = torch.frombuffer(bytearray(Image.open(out / "samples_002.png").convert("L").tobytes()), dtype=torch.uint8).float()
+    assert Image.open(out / "curves.png").size == (800, 320)
     assert image.numel() > 28 * 28 and image.std() > 0
     for name in ("latest.pt", "best.pt"):
         state = checkpoints.load(out / name)
@@ -84,6 +86,8 @@ def test_resume_continues_the_epoch_count(data_root, tmp_path):
     assert run(data_root, out, "--epochs", "3", "--resume") == 0
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3]
     assert checkpoints.load(out / "latest.pt")["epoch"] == 3
+    assert run(data_root, out, "--epochs", "1") == 0  # a fresh run in the same folder starts a log of its own
+    assert [m["epoch"] for m in read_metrics(out)] == [1]
 
 
 def test_resume_takes_the_optimizer_settings_from_this_runs_flags(data_root, tmp_path):
@@ -142,6 +146,81 @@ def test_sample_writes_a_grid(data_root, tmp_path, capsys):
     assert Image.open(tmp_path / "pictures" / "interpolation.png").size == (2 + 10 * 30, 2 + 3 * 30)
 
 
+# --------------------------------------------------------------------------- conditional
+
+
+@pytest.fixture(scope="module")
+def digit_data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    write_fake_mnist_raw(root, n_train=600, n_test=200, seed=0, ink_by_label=True)  # each label's ink in its rows
+    return root
+
+
+def test_a_conditional_run_scores_three_figures_and_classifies_by_likelihood(digit_data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(digit_data_root, out, "--conditional", "--epochs", "3", "--lr", "3e-3") == 0
+    metrics = read_metrics(out)
+    assert [sorted(set(m) - set(metrics[0])) for m in metrics] == [[], [], ["test_accuracy", "test_marginal_bpd"]]
+    last = metrics[-1]
+    # log p(x) = logsumexp_y log p(x | y) - log 10 >= log p(x | true y) - log 10, image by image.
+    assert last["test_marginal_bpd"] <= last["test_bpd"] + math.log2(10) / 784 + 1e-9
+    assert last["test_accuracy"] >= 0.6, last  # chance is 0.1
+    figures = (f"test bits/dim: {last['test_bpd']:.4f} (given the digit), marginal test bits/dim: "
+               f"{last['test_marginal_bpd']:.4f}, test accuracy by likelihood: {last['test_accuracy']:.2%}")
+    assert last_line(capsys) == f"final {figures}"
+    assert main.main(["--data", str(digit_data_root), "--eval", str(out / "latest.pt"), "--device", "cpu"]) == 0
+    assert last_line(capsys) == figures
+    assert Image.open(out / "samples_003.png").size == (2 + 10 * 30, 2 + 10 * 30)  # a row of 10 per digit
+    assert checkpoints.load(out / "latest.pt")["model_config"]["conditional"] is True
+
+
+def test_resuming_a_conditional_run_classifies_after_its_new_last_epoch(digit_data_root, tmp_path):
+    out = tmp_path / "run"
+    assert run(digit_data_root, out, "--conditional", "--epochs", "1") == 0
+    assert run(digit_data_root, out, "--conditional", "--epochs", "2", "--resume") == 0
+    assert ["test_accuracy" in m for m in read_metrics(out)] == [True, True]
+
+
+def test_a_budget_spent_in_the_last_evaluation_still_classifies(digit_data_root, tmp_path, monkeypatch, capsys):
+    now = [0.0]  # a training clock that stands still in training and moves 100 s an evaluation
+    monkeypatch.setattr(training, "time", SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter))
+    real_evaluate = main.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        now[0] += 100
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(main, "evaluate", slow_evaluate)
+    out = tmp_path / "run"
+    assert run(digit_data_root, out, "--conditional", "--epochs", "3", "--time-budget", "150") == 0
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1] and "test_accuracy" in metrics[0]
+    printed = capsys.readouterr().out
+    assert "time budget of 150 s reached" in printed
+    assert printed.strip().splitlines()[-1].endswith(f"test accuracy by likelihood: {metrics[0]['test_accuracy']:.2%}")
+
+
+def test_sample_draws_the_digits_asked_for(digit_data_root, tmp_path, capsys):
+    out, pictures = tmp_path / "run", tmp_path / "pictures"
+    assert run(digit_data_root, out, "--conditional", "--epochs", "1") == 0
+    job = ["--sample", str(out / "latest.pt"), "--n", "16", "--temperature", "0.7", "--pairs", "3",
+           "--data", str(digit_data_root), "--device", "cpu"]
+    assert main.main([*job, "--out", str(pictures), "--digit", "3", "--digit", "7", "1"]) == 0
+    written = sorted(p.name for p in pictures.iterdir())
+    assert written == ["interpolation.png"] + [f"samples_t0.7_digit{d}.png" for d in (1, 3, 7)]
+    assert Image.open(pictures / "samples_t0.7_digit3.png").size == (2 + 4 * 30, 2 + 4 * 30)
+    assert Image.open(pictures / "interpolation.png").size == (2 + 10 * 30, 2 + 3 * 30)
+    assert main.main([*job, "--out", str(tmp_path / "rows")]) == 0  # no --digit: a row of each digit
+    assert Image.open(tmp_path / "rows" / "samples_t0.7.png").size == (2 + 10 * 30, 2 + 10 * 30)
+
+    unconditional = tmp_path / "unconditional"
+    assert run(digit_data_root, unconditional, "--epochs", "1") == 0
+    capsys.readouterr()
+    assert main.main([*job, "--sample", str(unconditional / "latest.pt"), "--digit", "3", "--out", str(pictures)]) == 2
+    error = capsys.readouterr().err
+    assert "--digit needs a conditional checkpoint" in error and len(error.strip().splitlines()) == 1
+
+
 # --------------------------------------------------------------------------- faults
 
 
@@ -149,8 +228,8 @@ def test_non_finite_losses_never_reach_the_weights(data_root, tmp_path, monkeypa
     calls = {"n": 0}
     real_log_density = pixels.log_density
 
-    def sometimes_nan(model, images, alpha, generator=None):
-        result = real_log_density(model, images, alpha, generator)
+    def sometimes_nan(model, images, alpha, generator=None, context=None):
+        result = real_log_density(model, images, alpha, generator, context)
         calls["n"] += 1
         return result * math.nan if model.training and calls["n"] % 2 == 0 else result
 
@@ -164,8 +243,8 @@ def test_non_finite_losses_never_reach_the_weights(data_root, tmp_path, monkeypa
 
 def test_a_run_that_keeps_diverging_stops_with_a_message(data_root, tmp_path, monkeypatch, capsys):
     real_log_density = pixels.log_density
-    monkeypatch.setattr(pixels, "log_density", lambda model, images, alpha, generator=None:
-                        real_log_density(model, images, alpha, generator) * (math.nan if model.training else 1))
+    monkeypatch.setattr(pixels, "log_density", lambda model, images, alpha, generator=None, context=None:
+                        real_log_density(model, images, alpha, generator, context) * (math.nan if model.training else 1))
     out = tmp_path / "run"
     assert run(data_root, out, "--epochs", "30") == 1
     assert "steps in a row had a non-finite loss or gradients" in capsys.readouterr().err
@@ -226,6 +305,9 @@ def test_an_interrupt_after_an_epochs_checkpoint_keeps_that_epoch(data_root, tmp
     (["--time-budget", "nan"], "--time-budget must be a positive number"),
     (["--model", "nice", "--mixing"], "--mixing applies to --model realnvp or spline, not --model nice"),
     (["--eval", "a.pt", "--sample", "b.pt"], "separate jobs"),
+    (["--sample", "a.pt", "--digit", "10"], "argument --digit: invalid choice: 10"),
+    (["--sample", "a.pt", "--digit", "-1"], "argument --digit: invalid choice: -1"),
+    (["--digit", "3"], "--digit chooses what --sample draws: give --sample CKPT too"),
 ])
 def test_bad_flags_exit_with_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -2,7 +2,9 @@
 import argparse
 
 import pytest
+from torch import nn
 
+from flow import Coupling
 from models import add_model_arguments, build_model, model_config
 from nice import NICE
 from realnvp import RealNVP
@@ -52,3 +54,17 @@ def test_a_flag_that_does_not_apply_or_is_out_of_range_is_a_one_line_error(flags
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert message in error[-1]
+
+
+@pytest.mark.parametrize("model", ["spline", "realnvp", "nice"])
+def test_conditional_adds_one_key_and_feeds_the_digit_to_every_coupling_net(model):
+    unconditional = config_from("--model", model, "--blocks", "1", "--hidden", "8")
+    conditional = config_from("--model", model, "--blocks", "1", "--hidden", "8", "--conditional")
+    assert conditional == {**unconditional, "conditional": True}  # unconditional configs are as they were
+    flow = build_model(conditional)
+    assert flow.context_features == 10 and build_model(unconditional).context_features == 0
+    couplings = [layer for layer in flow.layers if isinstance(layer, Coupling)]
+    assert couplings and all(layer.context_features == 10 for layer in couplings)
+    first_layers = [next(m for m in net.modules() if isinstance(m, nn.Linear)) for layer in couplings
+                    for net in layer.children()]
+    assert all(linear.in_features == 392 + 10 for linear in first_layers)

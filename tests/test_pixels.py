@@ -16,7 +16,7 @@ def test_uniform_density_scores_exactly_eight_bits():
         def __init__(self, alpha):
             self.alpha = alpha
 
-        def logProbability(self, y):
+        def logProbability(self, y, context=None):
             log_dv_dy = torch.nn.functional.logsigmoid(y) + torch.nn.functional.logsigmoid(-y)
             return (log_dv_dy - math.log(1 - 2 * self.alpha)).flatten(1).sum(1)
 
