@@ -76,7 +76,7 @@ if __name__ == "__main__":
 
     torch.manual_seed(0)
     # Two classes of 2-D points, N((-1, 0), I) and N((1, 0), I), whose densities
-    # torch.distributions writes down: no classifier can beat Phi(1) = 84.1% on them.
+    # torch.distributions writes down: no classifier beats Phi(1) = 84.1% on average.
     means = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
 
     def draw(n):
@@ -106,5 +106,6 @@ if __name__ == "__main__":
           f"{(by_class[near, 0] - by_class[near, 1]).mean():.2f} nats (exact {(exact[near, 0] - exact[near, 1]).mean():.2f})")
     print(f"marginal log p(x) = logsumexp_c log p(x | c) - log 2: mean {marginal_log_density(by_class).mean():.3f} "
           f"(exact {marginal_log_density(exact).mean():.3f})")
-    accuracy = (by_class.argmax(1) == labels).float().mean()
-    print(f"Bayes classifier argmax_c log p(x | c): accuracy {accuracy:.1%} (the best possible: 84.1%)")
+    accuracy, best = ((log_p.argmax(1) == labels).float().mean() for log_p in (by_class, exact))
+    print(f"Bayes classifier argmax_c log p(x | c): accuracy {accuracy:.1%}; "
+          f"the exact densities' on the same points: {best:.1%}")
