@@ -8,7 +8,10 @@ from the file alone (as nanoGPT's do).
 `save` writes to a temporary file in the same folder, flushes it to disk and renames it
 into place: at any moment the old or the new checkpoint is complete on disk. A save
 first removes the temporaries that a killed process left behind.
+
+A run also keeps a log, metrics.jsonl: one JSON line of figures per epoch.
 """
+import json
 import math
 import os
 import tempfile
@@ -129,3 +132,23 @@ def load_weights(model, state, path):
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(f"{path} does not fit its model config: {problems[0]}{more}")
     model.load_state_dict(weights)
+
+
+def append_metrics(path, metrics):
+    """One epoch's figures as a new line of metrics.jsonl."""
+    with open(path, "a") as file:
+        file.write(json.dumps(metrics) + "\n")
+
+
+def read_metrics(path):
+    """The lines of a metrics.jsonl, one dict per epoch."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def add_to_last_metrics(path, figures):
+    """Merge `figures` into the last line of metrics.jsonl, rewritten in one replace."""
+    lines = read_metrics(path)
+    lines[-1].update(figures)
+    temporary = Path(path).with_name(Path(path).name + ".tmp")
+    temporary.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    temporary.replace(path)

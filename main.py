@@ -20,7 +20,6 @@ bits/dim, given each image's label, and after the last epoch the test split is a
 by the marginal bits/dim and the accuracy of classifying each image by likelihood.
 """
 import argparse
-import json
 import math
 import signal
 import sys
@@ -146,7 +145,8 @@ def train(args, device):
         # No epoch left to train, or the time budget ran out during the last epoch's evaluation.
         test_figures = evaluate(model, *test, alpha, device, classify=model.context_features > 0)
         if rank() == 0 and (out / "metrics.jsonl").exists():
-            add_to_last_metrics(out / "metrics.jsonl", {f"test_{name}": value for name, value in test_figures.items()})
+            checkpoints.add_to_last_metrics(out / "metrics.jsonl",
+                                            {f"test_{name}": value for name, value in test_figures.items()})
     print_once(f"final {describe_figures(test_figures)}")
     return model, test_figures
 
@@ -201,9 +201,8 @@ def save_epoch(run, out, metrics):
     if improved:
         checkpoints.save(out / "best.pt", state)
     checkpoints.save(out / "latest.pt", state)
-    with open(out / "metrics.jsonl", "a") as file:
-        file.write(json.dumps(metrics) + "\n")
-    save_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png")
+    checkpoints.append_metrics(out / "metrics.jsonl", metrics)
+    save_curves(checkpoints.read_metrics(out / "metrics.jsonl"), out / "curves.png")
     grid, alpha = out / f"samples_{metrics['epoch']:03d}.png", run.config["alpha"]
     if run.model.context_features:
         save_digit_rows(run.model, grid, alpha, temperature=0.7)
@@ -214,20 +213,6 @@ def save_epoch(run, out, metrics):
     print_once(f"epoch {metrics['epoch']}: train {metrics['train_bpd']:.4f}  valid {metrics['valid_bpd']:.4f}  "
                f"test {metrics['test_bpd']:.4f} bits/dim{classified}  ({metrics['seconds']:.0f} s, "
                f"{metrics['samples_per_s']:.0f} img/s)")
-
-
-def read_metrics(path):
-    """The lines of a metrics.jsonl, one dict per epoch."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def add_to_last_metrics(path, figures):
-    """Merge `figures` into the last line of metrics.jsonl, rewritten in one replace."""
-    lines = read_metrics(path)
-    lines[-1].update(figures)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    temporary.replace(path)
 
 
 def describe(args, model, device, precision, n_images):
