@@ -1,9 +1,10 @@
 """Step 11, conditioned: a flow of the digit's images, p(x | d), and a classifier from it.
 
 MNIST's images come with labels d in {0..9}. A conditional flow models each digit's images.
-The digit enters in two places, as a one-hot vector e_d: every coupling net gets it beside
-its conditioning half c (flow.py's Coupling), so that g(h; net([c, e_d])) bends each
-digit's pixels its own way, and the prior's mean moves with it (prior.py), z ~ N(mu_d, I):
+The digit enters as a one-hot vector e_d, in one or two places. It always moves the
+prior's mean (prior.py), z ~ N(mu_d, I); with --conditional nets, every coupling net also
+gets it beside its conditioning half c (flow.py's Coupling), g(h; net([c, e_d])), so that
+each digit's pixels are bent their own way:
 
     z = f(x; d),    log p(x | d) = log N(z; mu_d, I) + log |det df(x; d)/dx|
 
@@ -12,27 +13,31 @@ block-triangular Jacobian (d is an input of the nets, not a variable that is tra
 and the layers without nets do not see d at all. Pixels to bits/dim (pixels.py) do not
 change either: the logit's log-det does not depend on d.
 
-The label is worth little likelihood: log p(x | d) <= log p(x) + log 10, so knowing it
-saves at most 2.3 nats an image (0.004 bits/dim on MNIST), and training pays the nets
-little to learn to use it. The means mu_d are a shortcut: layers.data_dependent_init sets
-each to the mean latent of its digit's images before training, which already makes the
-classifier below a nearest-class-mean one.
-
 Two things come for free from p(x | d), by the sum rule and Bayes' rule with p(d) = 1/10:
 
     log p(x) = logsumexp_d log p(x | d) + log(1/10)     the marginal, comparable to an
                                                         unconditional flow's log p(x)
-    p(d | x) = p(x | d) p(d) / p(x),  so  argmax_d p(d | x) = argmax_d log p(x | d):
+    p(d | x) = softmax_d log p(x | d),  so  argmax_d p(d | x) = argmax_d log p(x | d):
                                                         the digit whose model fits best
 
-Both need the ten log p(x | d) of one dequantized image, so `log_density_by_digit` draws
-the dequantization noise once and runs the flow ten times.
+Both need the ten log p(x | d) of one dequantized image (`log_density_by_digit`). Where only
+the prior sees the digit, z = f(x) and its log-det serve all ten, and
+log p(d | x) = softmax_d of -|z - mu_d|^2 / 2: a nearest-mean classifier on the flow's
+latent. layers.data_dependent_init sets each mu_d to the mean latent of its digit's images
+before training.
+
+The label is worth little likelihood: log p(x | d) <= log p(x) + log 10, so knowing it
+saves at most 2.3 nats an image (0.004 bits/dim on MNIST), and likelihood training pays
+little for telling the digits apart. `LikelihoodAndClassification` pays for it directly:
+the loss adds W times the classifier's cross-entropy -log p(d | x) (a "hybrid" objective).
+The flow stays an exact density; only what training trades for what changes.
 
 Run `python conditional.py` to train a small conditional flow on two classes of points.
 """
 import math
 
 import torch
+from torch import nn
 from torch.nn import functional
 
 from pixels import dequantize_and_logit
@@ -47,11 +52,39 @@ def label_context(labels, classes=DIGITS):
 
 def log_density_by_digit(flow, images, alpha, generator=None):
     """log p(v | d) [B, 10] of dequantized uint8 images for every digit d: one draw of noise
-    per image, ten passes of the flow."""
+    per image; ten passes of the flow where its couplings see the digit, else one pass and
+    ten of the prior."""
     y, logdet = dequantize_and_logit(images, alpha, generator)
-    digits = torch.arange(DIGITS, device=images.device)
-    per_digit = [flow.logProbability(y, label_context(digit.expand(len(y)))) for digit in digits]
-    return torch.stack(per_digit, dim=1) + logdet.unsqueeze(1)
+    every_digit = label_context(torch.arange(DIGITS, device=images.device).repeat(len(y)))  # [10 B, 10]
+    if flow.couplings_see_context:
+        log_p = flow.logProbability(y.repeat_interleave(DIGITS, dim=0), every_digit)
+    else:  # z = f(x) and its log-det are the same for every digit: only log N(z; mu_d, I) differs
+        z, flow_logdet = flow(y)
+        log_p = flow.prior.logProbability(z.repeat_interleave(DIGITS, dim=0), every_digit)
+        log_p = log_p + flow_logdet.repeat_interleave(DIGITS)
+    return log_p.view(len(y), DIGITS) + logdet.unsqueeze(1)
+
+
+class LikelihoodAndClassification(nn.Module):
+    """The hybrid loss: -mean log p(v | d) over a batch plus `weight` times the mean
+    cross-entropy of the Bayes classifier p(d | v) = softmax_d log p(v | d):
+
+        loss = -1/B sum_b [log p(v_b | d_b) + weight * log p(d_b | v_b)]
+
+    Likelihood alone pays at most log 10 nats an image for telling the digits apart; the
+    second term pays for it directly. Where only the prior sees the digit, the ten
+    log p(v | d) of an image cost one pass of the flow, so the term is almost free.
+    """
+
+    def __init__(self, flow, alpha, weight):
+        super().__init__()
+        self.flow, self.alpha, self.weight = flow, alpha, weight
+
+    def forward(self, images, context):
+        by_digit = log_density_by_digit(self.flow, images, self.alpha)  # [B, 10]
+        labels = context.argmax(1)
+        log_p = by_digit.gather(1, labels.unsqueeze(1)).squeeze(1)
+        return -log_p.mean() + self.weight * functional.cross_entropy(by_digit, labels)
 
 
 def marginal_log_density(log_p_by_class):

@@ -17,8 +17,8 @@ The one convention, followed by every class in the project:
 the one-hot digit of each image: conditional.py). It is fixed while x moves, so for each
 context the flow is a bijection of its own, and the log-det is still that of x -> z. Only
 the couplings below use it, whose nets see it beside the conditioning half, and the
-prior, whose mean it moves (prior.py). Every other layer takes it and ignores it, and an
-unconditional flow takes none.
+prior, whose mean it moves (prior.py); a flow may also give it to its prior alone. Every
+other layer takes it and ignores it, and an unconditional flow takes none.
 
 `sample` and `logProbability` are written once, here. A subclass writes `forward` and
 `inverse`; a flow made of layers (`Composite`) adds their log-determinants and runs the
@@ -248,7 +248,9 @@ class CouplingFlow(Composite):
     neighbours, and its inverse permutation comes last (which puts the pixels back in
     place unless the layers in between reorder them too). z has the shape of x, and
     permutations cost no log-det. `context_features`: the size c of the context [batch, c]
-    its couplings are conditioned on, 0 for an unconditional flow.
+    its couplings are conditioned on, 0 for couplings that take none. The flow's own
+    `context_features` is that, or its prior's where only the prior is conditional: its
+    couplings then never see the context, and one pass of them serves every context.
     """
 
     def __init__(self, prior, couplings, context_features=0):
@@ -259,15 +261,25 @@ class CouplingFlow(Composite):
             layers = [Permutation(order)] + layers + [Permutation(order.argsort())]
         super().__init__(layers, prior)
         self.shape = prior.shape
-        self.context_features = context_features
+        self.couplings_see_context = context_features > 0
+        self.context_features = max(context_features, getattr(prior, "context_features", 0))
 
     def forward(self, x, context=None):
-        z, logdet = super().forward(self._flatten(x), context)
+        z, logdet = super().forward(self._flatten(x), self._couplings_context(context, x))
         return z.reshape(x.shape), logdet
 
     def inverse(self, z, context=None):
-        x, logdet = super().inverse(self._flatten(z), context)
+        x, logdet = super().inverse(self._flatten(z), self._couplings_context(context, z))
         return x.reshape(z.shape), logdet
+
+    def _couplings_context(self, context, inputs):
+        """What the couplings get: the context where they see it (they check it), else None,
+        after checking a context given to a flow that takes one for its prior, or none."""
+        if self.couplings_see_context:
+            return context
+        if context is not None:
+            check_context(context, self.context_features, inputs, type(self).__name__)
+        return None
 
     def _flatten(self, inputs):
         if inputs.shape[1:] != self.shape:

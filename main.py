@@ -32,7 +32,8 @@ from tqdm import tqdm
 import checkpoints
 import distributed
 from distributed import print_once, rank, world_size
-from conditional import label_context, log_density_by_digit, marginal_log_density, same_digit_pairs
+from conditional import (LikelihoodAndClassification, label_context, log_density_by_digit, marginal_log_density,
+                         same_digit_pairs)
 from download_mnist import MnistDownloadError, ensure_mnist, load_mnist
 from layers import data_dependent_init
 from models import add_model_arguments, build_model, model_config
@@ -48,6 +49,7 @@ INIT_BATCH = 1000  # images that set the ActNorm layers before training
 VALIDATION_SIZE = 5000  # the last training images (at most a tenth), held out to choose best.pt
 LOG_INTERVAL = 20  # steps between reads of the losses (progress bar, divergence) and of the clock
 MAX_BAD_STEPS = 20  # skipped steps in a row (non-finite loss or gradients) before the run gives up
+CLASSIFIER_WEIGHT = 3.0  # --conditional prior's default --classifier-weight
 
 
 class UsageError(Exception):
@@ -112,7 +114,10 @@ def train(args, device):
         torch.manual_seed(args.seed + 1000 * run.epochs_done + rank())
     # The loss, -mean log p(v) (pixels.py), and one step on it: backward, clip, AdamW (training.py).
     precision = pick_precision(args.precision, device)
-    step = TrainingStep(NegativeLogLikelihood(model, alpha), optimizer, precision, args.compile)
+    # With --classifier-weight, the loss also pays for classifying each image right (conditional.py).
+    objective = (LikelihoodAndClassification(model, alpha, args.classifier_weight) if args.classifier_weight
+                 else NegativeLogLikelihood(model, alpha))
+    step = TrainingStep(objective, optimizer, precision, args.compile)
     print_once(describe(args, model, device, precision, len(train_images)))
 
     clock = TrainingClock(run.train_seconds, device)
@@ -221,7 +226,9 @@ def describe(args, model, device, precision, n_images):
     processes = f" x {world_size()} processes" if world_size() > 1 else ""
     nets = str(precision or torch.float32).removeprefix("torch.")
     compiling = "; the first step compiles the training loss (a minute or two)" if args.compile else ""
-    conditional = ", conditioned on the digit" if config.get("conditional") else ""
+    conditional = f", conditioned on the digit (in the {config['conditional']})" if config.get("conditional") else ""
+    if args.classifier_weight:
+        conditional += f", loss + {args.classifier_weight:g} x the classifier's cross-entropy"
     return (f"{config['model']}{conditional}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}, "
             f"{parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
             f"{n_images} training images{compiling}")
@@ -327,6 +334,10 @@ def parse_args(argv=None):
                           help="stop training once this much wall time has passed (the evaluations between epochs "
                                "included), then evaluate and save as at an epoch's end")
     training.add_argument("--seed", type=int, default=0, help="random seed")
+    training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
+                          help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
+                               f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
+                               "0 for nets, where it would cost ten passes of the flow an image)")
     files = parser.add_argument_group("files")
     files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
     files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
@@ -356,6 +367,12 @@ def parse_args(argv=None):
     for flag in ("n", "pairs"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.classifier_weight is None:
+        args.classifier_weight = CLASSIFIER_WEIGHT if args.conditional == "prior" else 0.0
+    elif not args.conditional:
+        parser.error("--classifier-weight applies to a conditional flow: give --conditional too")
+    elif not (math.isfinite(args.classifier_weight) and args.classifier_weight >= 0):
+        parser.error(f"--classifier-weight must be zero or more, got {args.classifier_weight}")
     if args.epochs < 0:
         parser.error(f"--epochs must be zero or more, got {args.epochs}")
     positive = {"--temperature": args.temperature, "--time-budget": [] if args.time_budget is None else [args.time_budget]}

@@ -7,8 +7,9 @@
 `build_model(config)` rebuilds the same flow from it, so a checkpoint needs nothing but
 itself. `alpha` is the logit squash of pixels.py: not part of the flow, but part of the
 density it is trained and scored on. A class-conditional flow (--conditional,
-conditional.py) has `"conditional": True` as well; an unconditional one has no such key,
-so its config and checkpoints are those of before conditioning existed.
+conditional.py) has `"conditional": "prior"` (the digit moves the prior's mean) or
+`"nets"` (the coupling nets see it too) as well; an unconditional one has no such key, so
+its config and checkpoints are those of before conditioning existed.
 """
 import argparse
 import math
@@ -27,6 +28,8 @@ OPTIONS = {"nice": {}, "realnvp": BETWEEN_BLOCKS, "spline": {**BETWEEN_BLOCKS, "
 # Blocks by default: a spline coupling's net is 3 bins - 1 times as wide at the output, so
 # 4 spline blocks have about the parameters (21M) of 8 RealNVP blocks.
 DEFAULT_BLOCKS = {"nice": 8, "realnvp": 8, "spline": 4}
+# Where a conditional flow's digit enters: the prior's mean only, or the coupling nets as well.
+CONDITIONING = ("prior", "nets")
 
 
 def add_model_arguments(parser):
@@ -40,9 +43,10 @@ def add_model_arguments(parser):
     group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP")
     group.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP")
     group.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v (pixels.py)")
-    group.add_argument("--conditional", action="store_true",
-                       help="model p(image | digit): the coupling nets also see the one-hot digit (conditional.py); "
-                            "adds the marginal bits/dim and the accuracy of classifying digits by likelihood")
+    group.add_argument("--conditional", nargs="?", const="prior", choices=CONDITIONING, metavar="WHERE",
+                       help="model p(image | digit) (conditional.py), the one-hot digit moving the prior's mean "
+                            "(prior, the default) or also fed to every coupling net (nets); adds the marginal "
+                            "bits/dim and the accuracy of classifying digits by likelihood")
     realnvp = parser.add_argument_group("RealNVP and spline only (an error with --model nice)")
     realnvp.add_argument("--actnorm", action=argparse.BooleanOptionalAction, default=None,
                          help="an ActNorm layer before each block, initialised from data (default: on)")
@@ -83,7 +87,7 @@ def model_config(args, parser):
     if "bound" in config and not (math.isfinite(config["bound"]) and config["bound"] > 0):
         parser.error(f"--bound must be a positive number, got {config['bound']}")
     if args.conditional:
-        config["conditional"] = True
+        config["conditional"] = args.conditional
     return config
 
 
@@ -93,6 +97,9 @@ def build_model(config):
     if set(config) - {"conditional"} != keys:
         raise ValueError(f"a {config.get('model')} config has the keys {', '.join(sorted(keys))}; "
                          f"got {', '.join(sorted(config))}")
+    if config.get("conditional", "prior") not in CONDITIONING:
+        raise ValueError(f"a config's conditional is one of {', '.join(CONDITIONING)}; got {config['conditional']!r}")
     options = {name: value for name, value in config.items() if name not in ("model", "shape", "alpha", "conditional")}
     context_features = DIGITS if config.get("conditional") else 0  # the one-hot digit
-    return MODELS[config["model"]].build(config["shape"], **options, context_features=context_features)
+    return MODELS[config["model"]].build(config["shape"], **options, context_features=context_features,
+                                         nets_see_context=config.get("conditional") == "nets")

@@ -61,12 +61,17 @@ class NICE(CouplingFlow):
         super().__init__(prior, couplings, context_features)
 
     @classmethod
-    def build(cls, shape, blocks=4, hidden=1000, depth=2, context_features=0):
-        """NICE over data of `shape` with MLP couplings n/2 (+ c) -> hidden (x depth) -> n/2."""
+    def build(cls, shape, blocks=4, hidden=1000, depth=2, context_features=0, nets_see_context=True):
+        """NICE over data of `shape` with MLP couplings n/2 (+ c) -> hidden (x depth) -> n/2.
+
+        c = context_features; with nets_see_context=False the nets take n/2 and only the prior
+        sees the context.
+        """
         prior = Gaussian(shape, context_features)
         half = prior.dim // 2
-        nets = lambda: [coupling_mlp(half + context_features, hidden, depth, out_features=half) for _ in range(blocks)]
-        return cls(prior, nets(), nets(), context_features=context_features)
+        nets_context = context_features if nets_see_context else 0  # the context features the nets see
+        nets = lambda: [coupling_mlp(half + nets_context, hidden, depth, out_features=half) for _ in range(blocks)]
+        return cls(prior, nets(), nets(), context_features=nets_context)
 
 
 if __name__ == "__main__":

@@ -90,13 +90,18 @@ class RealNVP(CouplingFlow):
 
     @classmethod
     def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False, shuffle=False, mixing=False, dropout=0.0,
-              context_features=0):
-        """RealNVP over data of `shape` with MLP couplings n/2 (+ c) -> hidden (x depth) -> n/2."""
+              context_features=0, nets_see_context=True):
+        """RealNVP over data of `shape` with MLP couplings n/2 (+ c) -> hidden (x depth) -> n/2.
+
+        c = context_features; with nets_see_context=False the nets take n/2 and only the prior
+        sees the context.
+        """
         prior = Gaussian(shape, context_features)
         half = prior.dim // 2
-        nets = lambda: [coupling_mlp(half + context_features, hidden, depth, dropout=dropout, out_features=half)
+        nets_context = context_features if nets_see_context else 0  # the context features the nets see
+        nets = lambda: [coupling_mlp(half + nets_context, hidden, depth, dropout=dropout, out_features=half)
                         for _ in range(blocks)]
-        return cls(prior, nets(), nets(), nets(), nets(), actnorm, shuffle, mixing, context_features)
+        return cls(prior, nets(), nets(), nets(), nets(), actnorm, shuffle, mixing, nets_context)
 
 
 def layers_between_blocks(index, n, actnorm=False, shuffle=False, mixing=False):

@@ -134,13 +134,18 @@ class NeuralSplineFlow(CouplingFlow):
 
     @classmethod
     def build(cls, shape, blocks=4, hidden=512, depth=2, bins=4, bound=16.0, actnorm=False, shuffle=False,
-              mixing=False, dropout=0.0, context_features=0):
-        """Spline couplings over data of `shape` with MLPs n/2 (+ c) -> hidden (x depth) -> n/2 * (3 bins - 1)."""
+              mixing=False, dropout=0.0, context_features=0, nets_see_context=True):
+        """Spline couplings over data of `shape` with MLPs n/2 (+ c) -> hidden (x depth) -> n/2 * (3 bins - 1).
+
+        c = context_features; with nets_see_context=False the nets take n/2 and only the prior
+        sees the context.
+        """
         prior = Gaussian(shape, context_features)
         half = prior.dim // 2
-        nets = lambda: [coupling_mlp(half + context_features, hidden, depth, dropout=dropout,
+        nets_context = context_features if nets_see_context else 0  # the context features the nets see
+        nets = lambda: [coupling_mlp(half + nets_context, hidden, depth, dropout=dropout,
                                      out_features=half * (3 * bins - 1)) for _ in range(blocks)]
-        return cls(prior, nets(), nets(), bins, bound, actnorm, shuffle, mixing, context_features)
+        return cls(prior, nets(), nets(), bins, bound, actnorm, shuffle, mixing, nets_context)
 
 
 if __name__ == "__main__":

@@ -156,9 +156,17 @@ def digit_data_root(tmp_path_factory):
     return root
 
 
-def test_a_conditional_run_scores_three_figures_and_classifies_by_likelihood(digit_data_root, tmp_path, capsys):
+def test_the_classifiers_weight_in_the_loss_defaults_to_3_where_only_the_prior_sees_the_digit():
+    weight = lambda *flags: main.parse_args(list(flags)).classifier_weight
+    assert weight("--conditional") == weight("--conditional", "prior") == main.CLASSIFIER_WEIGHT == 3
+    assert weight() == weight("--conditional", "nets") == 0  # in the nets it would cost ten flow passes an image
+    assert weight("--conditional", "nets", "--classifier-weight", "2") == 2
+
+
+@pytest.mark.parametrize("where", ["prior", "nets"])
+def test_a_conditional_run_scores_three_figures_and_classifies_by_likelihood(digit_data_root, tmp_path, capsys, where):
     out = tmp_path / "run"
-    assert run(digit_data_root, out, "--conditional", "--epochs", "3", "--lr", "3e-3") == 0
+    assert run(digit_data_root, out, "--conditional", where, "--epochs", "3", "--lr", "3e-3") == 0
     metrics = read_metrics(out)
     assert [sorted(set(m) - set(metrics[0])) for m in metrics] == [[], [], ["test_accuracy", "test_marginal_bpd"]]
     last = metrics[-1]
@@ -171,7 +179,7 @@ def test_a_conditional_run_scores_three_figures_and_classifies_by_likelihood(dig
     assert main.main(["--data", str(digit_data_root), "--eval", str(out / "latest.pt"), "--device", "cpu"]) == 0
     assert last_line(capsys) == figures
     assert Image.open(out / "samples_003.png").size == (2 + 10 * 30, 2 + 10 * 30)  # a row of 10 per digit
-    assert checkpoints.load(out / "latest.pt")["model_config"]["conditional"] is True
+    assert checkpoints.load(out / "latest.pt")["model_config"]["conditional"] == where
 
 
 def test_resuming_a_conditional_run_classifies_after_its_new_last_epoch(digit_data_root, tmp_path):
@@ -308,6 +316,9 @@ def test_an_interrupt_after_an_epochs_checkpoint_keeps_that_epoch(data_root, tmp
     (["--sample", "a.pt", "--digit", "10"], "argument --digit: invalid choice: 10"),
     (["--sample", "a.pt", "--digit", "-1"], "argument --digit: invalid choice: -1"),
     (["--digit", "3"], "--digit chooses what --sample draws: give --sample CKPT too"),
+    (["--conditional", "everywhere"], "argument --conditional: invalid choice: 'everywhere'"),
+    (["--classifier-weight", "3"], "--classifier-weight applies to a conditional flow: give --conditional too"),
+    (["--conditional", "--classifier-weight", "-1"], "--classifier-weight must be zero or more"),
 ])
 def test_bad_flags_exit_with_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -57,14 +57,22 @@ def test_a_flag_that_does_not_apply_or_is_out_of_range_is_a_one_line_error(flags
 
 
 @pytest.mark.parametrize("model", ["spline", "realnvp", "nice"])
-def test_conditional_adds_one_key_and_feeds_the_digit_to_every_coupling_net(model):
+@pytest.mark.parametrize("where, nets_context", [("prior", 0), ("nets", 10)])
+def test_conditional_adds_one_key_and_feeds_the_digit_where_it_says(model, where, nets_context):
     unconditional = config_from("--model", model, "--blocks", "1", "--hidden", "8")
-    conditional = config_from("--model", model, "--blocks", "1", "--hidden", "8", "--conditional")
-    assert conditional == {**unconditional, "conditional": True}  # unconditional configs are as they were
+    conditional = config_from("--model", model, "--blocks", "1", "--hidden", "8", "--conditional", where)
+    assert conditional == {**unconditional, "conditional": where}  # unconditional configs are as they were
     flow = build_model(conditional)
     assert flow.context_features == 10 and build_model(unconditional).context_features == 0
+    assert flow.prior.context_features == 10 and flow.couplings_see_context == (where == "nets")
     couplings = [layer for layer in flow.layers if isinstance(layer, Coupling)]
-    assert couplings and all(layer.context_features == 10 for layer in couplings)
+    assert couplings and all(layer.context_features == nets_context for layer in couplings)
     first_layers = [next(m for m in net.modules() if isinstance(m, nn.Linear)) for layer in couplings
                     for net in layer.children()]
-    assert all(linear.in_features == 392 + 10 for linear in first_layers)
+    assert all(linear.in_features == 392 + nets_context for linear in first_layers)
+
+
+def test_conditional_alone_puts_the_digit_in_the_prior_and_a_bad_placement_is_refused():
+    assert config_from("--conditional")["conditional"] == "prior"
+    with pytest.raises(ValueError, match="conditional is one of prior, nets"):
+        build_model({**config_from("--conditional"), "conditional": True})

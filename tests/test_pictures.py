@@ -40,7 +40,7 @@ def test_interpolation_starts_and_ends_at_the_two_digits(monkeypatch):
 
 
 def test_a_conditional_flow_draws_one_row_per_digit(monkeypatch):
-    flow = tiny_flow(conditional=True)
+    flow = tiny_flow(conditional="prior")
     contexts = []
     real_sample = flow.sample
     monkeypatch.setattr(flow, "sample", lambda n, temperature, context: contexts.append(context) or
@@ -66,7 +66,7 @@ def test_learning_curves_are_drawn_from_the_metrics_lines(tmp_path):
 
 
 def test_a_conditional_interpolation_stays_with_its_digit_and_its_mean(monkeypatch):
-    flow = tiny_flow(conditional=True)
+    flow = tiny_flow(conditional="nets")
     with torch.no_grad():
         flow.prior.context_means.normal_(0.0, 3.0)  # means far from 0: a path through 0 would leave them
     images = torch.randint(0, 256, (4, *IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,50 @@
+"""conditional.py: the ten densities of an image, one per digit, and the hybrid loss."""
+import pytest
+import torch
+
+from conditional import DIGITS, LikelihoodAndClassification, label_context, log_density_by_digit
+from pixels import dequantize_and_logit, log_density
+from spline import NeuralSplineFlow
+
+
+def random_conditional_flow(nets_see_context):
+    """A small conditional spline flow with random weights and class means, so that every
+    digit has a density of its own."""
+    torch.manual_seed(0)
+    flow = NeuralSplineFlow.build([1, 28, 28], blocks=1, hidden=8, context_features=DIGITS,
+                                  nets_see_context=nets_see_context)
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return flow
+
+
+def images_and_labels(n=6):
+    generator = torch.Generator().manual_seed(1)
+    return (torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=generator),
+            torch.randint(0, DIGITS, (n,), generator=generator))
+
+
+@pytest.mark.parametrize("nets_see_context", [False, True], ids=["prior only", "nets and prior"])
+def test_the_ten_densities_of_an_image_are_its_density_given_each_digit(nets_see_context):
+    flow, (images, _) = random_conditional_flow(nets_see_context), images_and_labels()
+    by_digit = log_density_by_digit(flow, images, 1e-6, torch.Generator().manual_seed(7))  # [6, 10]
+    one_digit_at_a_time = torch.stack([  # the same noise: the same seed for every digit
+        log_density(flow, images, 1e-6, torch.Generator().manual_seed(7), label_context(torch.full((6,), digit)))
+        for digit in range(DIGITS)], dim=1)
+    torch.testing.assert_close(by_digit, one_digit_at_a_time, rtol=1e-6, atol=1e-3)  # float32 sums of ~1000 nats
+    assert (by_digit.max(1).values - by_digit.min(1).values).min() > 1e-2  # the digit changes the density
+
+
+def test_the_hybrid_loss_is_the_likelihood_plus_the_classifiers_cross_entropy():
+    flow, (images, labels) = random_conditional_flow(False), images_and_labels()
+    torch.manual_seed(3)
+    loss = LikelihoodAndClassification(flow, 1e-6, weight=2.5)(images, label_context(labels))
+    torch.manual_seed(3)  # the same dequantization noise
+    y, logdet = dequantize_and_logit(images, 1e-6)
+    by_digit = torch.stack([flow.logProbability(y, label_context(torch.full((6,), digit))) + logdet
+                            for digit in range(DIGITS)], dim=1)
+    log_p = by_digit[torch.arange(6), labels]
+    classifier = torch.distributions.Categorical(logits=by_digit)  # p(d | x) by Bayes' rule, p(d) = 1/10
+    expected = -log_p.mean() - 2.5 * classifier.log_prob(labels).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-3)
