@@ -22,15 +22,14 @@ Two things come for free from p(x | d), by the sum rule and Bayes' rule with p(d
 
 Both need the ten log p(x | d) of one dequantized image (`log_density_by_digit`). Where only
 the prior sees the digit, z = f(x) and its log-det serve all ten, and
-log p(d | x) = softmax_d of -|z - mu_d|^2 / 2: a nearest-mean classifier on the flow's
-latent. layers.data_dependent_init sets each mu_d to the mean latent of its digit's images
+p(d | x) = softmax_d (-|z - mu_d|^2 / 2): a nearest-mean classifier on the flow's latent. layers.data_dependent_init sets each mu_d to the mean latent of its digit's images
 before training.
 
 The label is worth little likelihood: log p(x | d) <= log p(x) + log 10, so knowing it
 saves at most 2.3 nats an image (0.004 bits/dim on MNIST), and likelihood training pays
 little for telling the digits apart. `LikelihoodAndClassification` pays for it directly:
 the loss adds W times the classifier's cross-entropy -log p(d | x) (a "hybrid" objective).
-The flow stays an exact density; only what training trades for what changes.
+The flow stays an exact density; the loss changes only what training favours.
 
 Run `python conditional.py` to train a small conditional flow on two classes of points.
 """
@@ -55,7 +54,7 @@ def log_density_by_digit(flow, images, alpha, generator=None):
     per image; ten passes of the flow where its couplings see the digit, else one pass and
     ten of the prior."""
     y, logdet = dequantize_and_logit(images, alpha, generator)
-    every_digit = label_context(torch.arange(DIGITS, device=images.device).repeat(len(y)))  # [10 B, 10]
+    every_digit = torch.eye(DIGITS, device=y.device).repeat(len(y), 1)  # [10 B, 10]: e_0 .. e_9 for each image
     if flow.couplings_see_context:
         log_p = flow.logProbability(y.repeat_interleave(DIGITS, dim=0), every_digit)
     else:  # z = f(x) and its log-det are the same for every digit: only log N(z; mu_d, I) differs
@@ -73,7 +72,7 @@ class LikelihoodAndClassification(nn.Module):
 
     Likelihood alone pays at most log 10 nats an image for telling the digits apart; the
     second term pays for it directly. Where only the prior sees the digit, the ten
-    log p(v | d) of an image cost one pass of the flow, so the term is almost free.
+    log p(v | d) of an image cost one pass of the flow, so the term costs almost nothing.
     """
 
     def __init__(self, flow, alpha, weight):

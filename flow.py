@@ -249,8 +249,8 @@ class CouplingFlow(Composite):
     place unless the layers in between reorder them too). z has the shape of x, and
     permutations cost no log-det. `context_features`: the size c of the context [batch, c]
     its couplings are conditioned on, 0 for couplings that take none. The flow's own
-    `context_features` is that, or its prior's where only the prior is conditional: its
-    couplings then never see the context, and one pass of them serves every context.
+    `context_features` is that, or its prior's where only the prior is conditional; then
+    `couplings_see_context` is False, and one pass of the couplings serves every context.
     """
 
     def __init__(self, prior, couplings, context_features=0):
@@ -273,8 +273,9 @@ class CouplingFlow(Composite):
         return x.reshape(z.shape), logdet
 
     def _couplings_context(self, context, inputs):
-        """What the couplings get: the context where they see it (they check it), else None,
-        after checking a context given to a flow that takes one for its prior, or none."""
+        """The context where the couplings see it (they check it); else None. A context
+        given to a flow whose couplings do not see it is checked here: its shape for a
+        conditional prior, and refused by an unconditional flow."""
         if self.couplings_see_context:
             return context
         if context is not None:

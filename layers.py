@@ -61,7 +61,7 @@ class ActNorm(DiagonalScaling):
 @torch.no_grad()
 def data_dependent_init(flow, x, context=None):
     """Set every ActNorm in `flow` from the batch `x` (each sees the output of the layers
-    before it; a conditional flow's couplings also see `context`), and a conditional
+    before it; a conditional flow's couplings see `context` where they take it), and a conditional
     prior's means from the latents of x (prior.py's fit_context_means)."""
     actnorms = [m for m in flow.modules() if isinstance(m, ActNorm)]
     for actnorm in actnorms:

@@ -15,9 +15,10 @@ into --out samples_EPOCH.png, a line of metrics.jsonl, curves.png (bits/dim by e
 seconds), latest.pt and best.pt. Ctrl-C or SIGTERM saves latest.pt (checkpoints.py), and
 --resume goes on from it.
 
-With --conditional the flow models p(image | digit) (conditional.py): the same loss and
-bits/dim, given each image's label, and after the last epoch the test split is also scored
-by the marginal bits/dim and the accuracy of classifying each image by likelihood.
+With --conditional the flow models p(image | digit) (conditional.py): the same bits/dim,
+given each image's label, and a loss that adds --classifier-weight times the cross-entropy
+of classifying each image by likelihood. After the last epoch the test split is also scored
+by the marginal bits/dim and the accuracy of that classifier.
 """
 import argparse
 import math
@@ -113,8 +114,8 @@ def train(args, device):
     if rank() > 0:  # each process draws its own dequantization noise
         torch.manual_seed(args.seed + 1000 * run.epochs_done + rank())
     # The loss, -mean log p(v) (pixels.py), and one step on it: backward, clip, AdamW (training.py).
-    precision = pick_precision(args.precision, device)
     # With --classifier-weight, the loss also pays for classifying each image right (conditional.py).
+    precision = pick_precision(args.precision, device)
     objective = (LikelihoodAndClassification(model, alpha, args.classifier_weight) if args.classifier_weight
                  else NegativeLogLikelihood(model, alpha))
     step = TrainingStep(objective, optimizer, precision, args.compile)
@@ -131,7 +132,7 @@ def train(args, device):
             images_seen = train_epoch(args, run, step, train_images, contexts, losses, clock, epoch)
             seconds = time.monotonic() - started
             run.epochs_done, run.train_seconds = epoch, clock.read()  # an interrupt from here on saves this epoch
-            # A conditional flow's last epoch also classifies the test split: ten flow passes an image.
+            # A conditional flow's last epoch also classifies the test split (ten flow passes an image in the nets).
             last = epoch == args.epochs or (args.time_budget is not None and run.train_seconds >= args.time_budget)
             test_figures = evaluate(model, *test, alpha, device, classify=last and model.context_features > 0)
             metrics = {"epoch": epoch, "train_bpd": bits_per_dim(-losses.epoch_mean()),
@@ -243,7 +244,8 @@ def evaluate(model, images, labels, alpha, device, classify=False):
 
     With `classify` (a conditional model only) also the mean marginal bits/dim, from
     log p(x) = logsumexp_d log p(x | d) + log 1/10, and the "accuracy" of the Bayes
-    classifier argmax_d log p(x | d) (conditional.py), at ten passes of the flow per image.
+    classifier argmax_d log p(x | d) (conditional.py): ten passes of the flow an image where
+    its couplings see the digit, one where only the prior does.
     Each batch draws its dequantization noise from its own fixed seed, so the figures are
     the same every time, and the same whichever processes share the batches.
     """
@@ -337,7 +339,8 @@ def parse_args(argv=None):
     training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
                           help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
                                f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
-                               "0 for nets, where it would cost ten passes of the flow an image)")
+                               "0 for nets, where it would cost ten passes of the flow an image; the train bits/dim "
+                               "then count it too)")
     files = parser.add_argument_group("files")
     files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
     files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",

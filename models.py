@@ -97,9 +97,11 @@ def build_model(config):
     if set(config) - {"conditional"} != keys:
         raise ValueError(f"a {config.get('model')} config has the keys {', '.join(sorted(keys))}; "
                          f"got {', '.join(sorted(config))}")
-    if config.get("conditional", "prior") not in CONDITIONING:
-        raise ValueError(f"a config's conditional is one of {', '.join(CONDITIONING)}; got {config['conditional']!r}")
+    # True: a checkpoint from before --conditional took a place, when the digit went into the nets.
+    where = "nets" if config.get("conditional") is True else config.get("conditional")
+    if where not in (None, *CONDITIONING):
+        raise ValueError(f"a config's conditional is one of {', '.join(CONDITIONING)}; got {where!r}")
     options = {name: value for name, value in config.items() if name not in ("model", "shape", "alpha", "conditional")}
-    context_features = DIGITS if config.get("conditional") else 0  # the one-hot digit
+    context_features = DIGITS if where else 0  # the one-hot digit
     return MODELS[config["model"]].build(config["shape"], **options, context_features=context_features,
-                                         nets_see_context=config.get("conditional") == "nets")
+                                         nets_see_context=where == "nets")

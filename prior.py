@@ -56,7 +56,9 @@ class Gaussian(nn.Module):
             got = "none" if context is None else list(context.shape)
             raise ValueError(f"this Gaussian is conditional: give a context [{batch}, {self.context_features}], "
                              f"got {got}")
-        return self.mean + (context.to(self.mean.dtype) @ self.context_means).view(batch, *self.shape)
+        # A weighted sum of the rows of M rather than a product, which autocast would round to 16 bits.
+        means = (context.to(self.mean.dtype).unsqueeze(2) * self.context_means).sum(1)  # [batch, prod(shape)]
+        return self.mean + means.view(batch, *self.shape)
 
     @torch.no_grad()
     def fit_context_means(self, z, context):

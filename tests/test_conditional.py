@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conditional import DIGITS, LikelihoodAndClassification, label_context, log_density_by_digit
+from flow import Coupling
 from pixels import dequantize_and_logit, log_density
 from spline import NeuralSplineFlow
 
@@ -28,7 +29,12 @@ def images_and_labels(n=6):
 @pytest.mark.parametrize("nets_see_context", [False, True], ids=["prior only", "nets and prior"])
 def test_the_ten_densities_of_an_image_are_its_density_given_each_digit(nets_see_context):
     flow, (images, _) = random_conditional_flow(nets_see_context), images_and_labels()
+    rows = []  # the rows each coupling is run on
+    for coupling in (layer for layer in flow.layers if isinstance(layer, Coupling)):
+        coupling.register_forward_hook(lambda module, inputs, output: rows.append(len(inputs[0])))
     by_digit = log_density_by_digit(flow, images, 1e-6, torch.Generator().manual_seed(7))  # [6, 10]
+    # Ten rows an image where the couplings see the digit; where only the prior does, one.
+    assert set(rows) == {6 * DIGITS if nets_see_context else 6}
     one_digit_at_a_time = torch.stack([  # the same noise: the same seed for every digit
         log_density(flow, images, 1e-6, torch.Generator().manual_seed(7), label_context(torch.full((6,), digit)))
         for digit in range(DIGITS)], dim=1)
@@ -36,8 +42,9 @@ def test_the_ten_densities_of_an_image_are_its_density_given_each_digit(nets_see
     assert (by_digit.max(1).values - by_digit.min(1).values).min() > 1e-2  # the digit changes the density
 
 
-def test_the_hybrid_loss_is_the_likelihood_plus_the_classifiers_cross_entropy():
-    flow, (images, labels) = random_conditional_flow(False), images_and_labels()
+@pytest.mark.parametrize("nets_see_context", [False, True], ids=["prior only", "nets and prior"])
+def test_the_hybrid_loss_is_the_likelihood_plus_the_classifiers_cross_entropy(nets_see_context):
+    flow, (images, labels) = random_conditional_flow(nets_see_context), images_and_labels()
     torch.manual_seed(3)
     loss = LikelihoodAndClassification(flow, 1e-6, weight=2.5)(images, label_context(labels))
     torch.manual_seed(3)  # the same dequantization noise
@@ -48,3 +55,12 @@ def test_the_hybrid_loss_is_the_likelihood_plus_the_classifiers_cross_entropy():
     classifier = torch.distributions.Categorical(logits=by_digit)  # p(d | x) by Bayes' rule, p(d) = 1/10
     expected = -log_p.mean() - 2.5 * classifier.log_prob(labels).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-3)
+
+
+def test_a_flow_whose_prior_alone_sees_the_digit_checks_the_context_it_is_given():
+    flow, (images, _) = random_conditional_flow(False), images_and_labels()
+    y = images.float()
+    with pytest.raises(ValueError, match=r"expects a context \[6, 10\], got \[6, 3\]"):
+        flow(y, torch.zeros(6, 3))
+    with pytest.raises(ValueError, match=r"this Gaussian is conditional: give a context \[6, 10\], got none"):
+        flow.logProbability(y)

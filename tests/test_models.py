@@ -74,5 +74,7 @@ def test_conditional_adds_one_key_and_feeds_the_digit_where_it_says(model, where
 
 def test_conditional_alone_puts_the_digit_in_the_prior_and_a_bad_placement_is_refused():
     assert config_from("--conditional")["conditional"] == "prior"
-    with pytest.raises(ValueError, match="conditional is one of prior, nets"):
-        build_model({**config_from("--conditional"), "conditional": True})
+    with pytest.raises(ValueError, match="conditional is one of prior, nets; got 'everywhere'"):
+        build_model({**config_from("--conditional"), "conditional": "everywhere"})
+    older = build_model({**config_from("--conditional"), "conditional": True})  # a checkpoint of before WHERE
+    assert older.couplings_see_context and older.context_features == 10

@@ -65,8 +65,9 @@ def test_learning_curves_are_drawn_from_the_metrics_lines(tmp_path):
     assert Image.open(tmp_path / "curves.png").size == (800, 320)  # 10 x 4 inches at 80 dpi
 
 
-def test_a_conditional_interpolation_stays_with_its_digit_and_its_mean(monkeypatch):
-    flow = tiny_flow(conditional="nets")
+@pytest.mark.parametrize("where", ["prior", "nets"])
+def test_a_conditional_interpolation_stays_with_its_digit_and_its_mean(monkeypatch, where):
+    flow = tiny_flow(conditional=where)
     with torch.no_grad():
         flow.prior.context_means.normal_(0.0, 3.0)  # means far from 0: a path through 0 would leave them
     images = torch.randint(0, 256, (4, *IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
