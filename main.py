@@ -20,7 +20,6 @@ given each image's label, and a loss that adds --classifier-weight times the cro
 of classifying each image by likelihood. After the last epoch the test split is also scored
 by the marginal bits/dim and the accuracy of that classifier.
 """
-import argparse
 import math
 import signal
 import sys
@@ -32,17 +31,17 @@ from tqdm import tqdm
 
 import checkpoints
 import distributed
+from command_line import parse_args
 from distributed import print_once, rank, world_size
 from conditional import (LikelihoodAndClassification, label_context, log_density_by_digit, marginal_log_density,
                          same_digit_pairs)
 from download_mnist import MnistDownloadError, ensure_mnist, load_mnist
 from layers import data_dependent_init
-from models import add_model_arguments, build_model, model_config
+from models import build_model
 from pictures import save_curves, save_digit_rows, save_interpolations, save_samples
 from pixels import NegativeLogLikelihood, bits_per_dim, dequantize_and_logit, log_density
-from training import (SetupError, TrainingClock, TrainingLosses, TrainingStep, add_step_arguments,
-                      check_step_arguments, cosine_learning_rate, evaluation_mode, make_optimizer, pick_device,
-                      pick_precision)
+from training import (SetupError, TrainingClock, TrainingLosses, TrainingStep, cosine_learning_rate,
+                      evaluation_mode, make_optimizer, pick_device, pick_precision)
 
 EVAL_NOISE_SEED = 1234  # dequantization noise for evaluation: the same figure every time
 EVAL_BATCH = 1000
@@ -50,7 +49,6 @@ INIT_BATCH = 1000  # images that set the ActNorm layers before training
 VALIDATION_SIZE = 5000  # the last training images (at most a tenth), held out to choose best.pt
 LOG_INTERVAL = 20  # steps between reads of the losses (progress bar, divergence) and of the clock
 MAX_BAD_STEPS = 20  # skipped steps in a row (non-finite loss or gradients) before the run gives up
-CLASSIFIER_WEIGHT = 3.0  # --conditional prior's default --classifier-weight
 
 
 class UsageError(Exception):
@@ -313,7 +311,7 @@ def sample(args, device):
     print(f"wrote latent interpolations between {len(pairs) // 2} pairs of test digits to {out / 'interpolation.png'}")
 
 
-# --------------------------------------------------------------------------- command line
+# --------------------------------------------------------------------------- command line (its flags: command_line.py)
 
 
 def output_folder(args):
@@ -322,73 +320,6 @@ def output_folder(args):
         raise UsageError(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Train a normalizing flow (RealNVP, NICE or spline couplings) on MNIST and report test bits/dim.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_model_arguments(parser)
-    training = add_step_arguments(parser)  # the step's flags: --batch-size, --lr, --precision, ...
-    training.add_argument("--epochs", type=int, default=12, help="passes over the training images")
-    training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                          help="stop training once this much wall time has passed (the evaluations between epochs "
-                               "included), then evaluate and save as at an epoch's end")
-    training.add_argument("--seed", type=int, default=0, help="random seed")
-    training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
-                          help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
-                               f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
-                               "0 for nets, where it would cost ten passes of the flow an image; the train bits/dim "
-                               "then count it too)")
-    files = parser.add_argument_group("files")
-    files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
-    files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
-                       help="extra MNIST mirror tried first (repeatable), e.g. a local folder with the .gz files")
-    files.add_argument("--default-mirrors", action=argparse.BooleanOptionalAction, default=True,
-                       help="try the built-in internet mirrors after --mirror")
-    files.add_argument("--out", default="runs/mnist", help="output folder: checkpoints, metrics.jsonl, sample grids")
-    files.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt")
-    other = parser.add_argument_group("evaluate or sample a checkpoint instead of training")
-    other.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
-    other.add_argument("--sample", metavar="CKPT", help="write grids of samples from a checkpoint into OUT")
-    other.add_argument("--n", type=int, default=64,
-                       help="number of samples per grid for --sample (a conditional checkpoint's grid of all ten "
-                            "digits has rows of 10)")
-    other.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7, 0.5],
-                       help="prior standard deviations for --sample: one grid each")
-    other.add_argument("--pairs", type=int, default=8,
-                       help="--sample also interpolates in latent space between this many pairs of test digits")
-    other.add_argument("--digit", type=int, nargs="+", action="extend", default=[], choices=range(10),
-                       metavar="DIGIT", help="--sample of a conditional checkpoint: grids of these digits 0-9 "
-                                             "(repeatable), one per digit and temperature; default: one grid with a "
-                                             "row of each digit")
-
-    args = parser.parse_args(argv)
-    args.model_config = model_config(args, parser)
-    check_step_arguments(args, parser)
-    for flag in ("n", "pairs"):
-        if getattr(args, flag) <= 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.classifier_weight is None:
-        args.classifier_weight = CLASSIFIER_WEIGHT if args.conditional == "prior" else 0.0
-    elif not args.conditional:
-        parser.error("--classifier-weight applies to a conditional flow: give --conditional too")
-    elif not (math.isfinite(args.classifier_weight) and args.classifier_weight >= 0):
-        parser.error(f"--classifier-weight must be zero or more, got {args.classifier_weight}")
-    if args.epochs < 0:
-        parser.error(f"--epochs must be zero or more, got {args.epochs}")
-    positive = {"--temperature": args.temperature, "--time-budget": [] if args.time_budget is None else [args.time_budget]}
-    for flag, values in positive.items():
-        if not all(math.isfinite(value) and value > 0 for value in values):
-            parser.error(f"{flag} must be a positive number, got {' '.join(map(str, values))}")
-    if args.eval and args.sample:
-        parser.error("--eval and --sample are separate jobs: give one")
-    if args.digit and not args.sample:
-        parser.error("--digit chooses what --sample draws: give --sample CKPT too")
-    if args.sample and distributed.started_by_torchrun():
-        parser.error("--sample runs in one process: start it with python, not torchrun")
-    return args
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import checkpoints
+import command_line
 import download_mnist
 import main
 import pixels
@@ -158,7 +159,7 @@ def digit_data_root(tmp_path_factory):
 
 def test_the_classifiers_weight_in_the_loss_defaults_to_3_where_only_the_prior_sees_the_digit():
     weight = lambda *flags: main.parse_args(list(flags)).classifier_weight
-    assert weight("--conditional") == weight("--conditional", "prior") == main.CLASSIFIER_WEIGHT == 3
+    assert weight("--conditional") == weight("--conditional", "prior") == command_line.CLASSIFIER_WEIGHT == 3
     assert weight() == weight("--conditional", "nets") == 0  # in the nets it would cost ten flow passes an image
     assert weight("--conditional", "nets", "--classifier-weight", "2") == 2
 

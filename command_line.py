@@ -1,0 +1,81 @@
+"""The command line of main.py: its flags, their defaults, and their checks.
+
+The model's flags come from models.py and the training step's from training.py, so the
+benchmark takes the same ones; a bad value or combination is `parser.error` (exit 2).
+"""
+import argparse
+import math
+
+import distributed
+from models import add_model_arguments, model_config
+from training import add_step_arguments, check_step_arguments
+
+CLASSIFIER_WEIGHT = 3.0  # --conditional prior's default --classifier-weight
+
+
+def parse_args(argv=None):
+    """main.py's flags from `argv` (default: sys.argv), checked; `args.model_config` is the model's config."""
+    parser = argparse.ArgumentParser(
+        description="Train a normalizing flow (RealNVP, NICE or spline couplings) on MNIST and report test bits/dim.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_arguments(parser)
+    training = add_step_arguments(parser)  # the step's flags: --batch-size, --lr, --precision, ...
+    training.add_argument("--epochs", type=int, default=12, help="passes over the training images")
+    training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                          help="stop training once this much wall time has passed (the evaluations between epochs "
+                               "included), then evaluate and save as at an epoch's end")
+    training.add_argument("--seed", type=int, default=0, help="random seed")
+    training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
+                          help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
+                               f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
+                               "0 for nets, where it would cost ten passes of the flow an image; the train bits/dim "
+                               "then count it too)")
+    files = parser.add_argument_group("files")
+    files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
+    files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
+                       help="extra MNIST mirror tried first (repeatable), e.g. a local folder with the .gz files")
+    files.add_argument("--default-mirrors", action=argparse.BooleanOptionalAction, default=True,
+                       help="try the built-in internet mirrors after --mirror")
+    files.add_argument("--out", default="runs/mnist", help="output folder: checkpoints, metrics.jsonl, sample grids")
+    files.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt")
+    other = parser.add_argument_group("evaluate or sample a checkpoint instead of training")
+    other.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
+    other.add_argument("--sample", metavar="CKPT", help="write grids of samples from a checkpoint into OUT")
+    other.add_argument("--n", type=int, default=64,
+                       help="number of samples per grid for --sample (a conditional checkpoint's grid of all ten "
+                            "digits has rows of 10)")
+    other.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7, 0.5],
+                       help="prior standard deviations for --sample: one grid each")
+    other.add_argument("--pairs", type=int, default=8,
+                       help="--sample also interpolates in latent space between this many pairs of test digits")
+    other.add_argument("--digit", type=int, nargs="+", action="extend", default=[], choices=range(10),
+                       metavar="DIGIT", help="--sample of a conditional checkpoint: grids of these digits 0-9 "
+                                             "(repeatable), one per digit and temperature; default: one grid with a "
+                                             "row of each digit")
+
+    args = parser.parse_args(argv)
+    args.model_config = model_config(args, parser)
+    check_step_arguments(args, parser)
+    for flag in ("n", "pairs"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.classifier_weight is None:
+        args.classifier_weight = CLASSIFIER_WEIGHT if args.conditional == "prior" else 0.0
+    elif not args.conditional:
+        parser.error("--classifier-weight applies to a conditional flow: give --conditional too")
+    elif not (math.isfinite(args.classifier_weight) and args.classifier_weight >= 0):
+        parser.error(f"--classifier-weight must be zero or more, got {args.classifier_weight}")
+    if args.epochs < 0:
+        parser.error(f"--epochs must be zero or more, got {args.epochs}")
+    positive = {"--temperature": args.temperature, "--time-budget": [] if args.time_budget is None else [args.time_budget]}
+    for flag, values in positive.items():
+        if not all(math.isfinite(value) and value > 0 for value in values):
+            parser.error(f"{flag} must be a positive number, got {' '.join(map(str, values))}")
+    if args.eval and args.sample:
+        parser.error("--eval and --sample are separate jobs: give one")
+    if args.digit and not args.sample:
+        parser.error("--digit chooses what --sample draws: give --sample CKPT too")
+    if args.sample and distributed.started_by_torchrun():
+        parser.error("--sample runs in one process: start it with python, not torchrun")
+    return args
