@@ -15,7 +15,9 @@ import download_mnist
 import main
 import pixels
 import training
+from conditional import DIGITS, label_context
 from fake_mnist import write_fake_mnist_raw
+from realnvp import RealNVP
 
 TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "50", "--device", "cpu",
               "--precision", "fp32", "--no-compile"]
@@ -181,6 +183,34 @@ def test_a_conditional_run_scores_three_figures_and_classifies_by_likelihood(dig
     assert last_line(capsys) == figures
     assert Image.open(out / "samples_003.png").size == (2 + 10 * 30, 2 + 10 * 30)  # a row of 10 per digit
     assert checkpoints.load(out / "latest.pt")["model_config"]["conditional"] == where
+
+
+@pytest.mark.parametrize("nets_see_context", [False, True], ids=["prior only", "nets and prior"])
+def test_classifying_averages_each_digits_log_density_over_draws_of_noise(nets_see_context):
+    torch.manual_seed(0)
+    flow = RealNVP.build([1, 28, 28], blocks=1, hidden=8, context_features=DIGITS, nets_see_context=nets_see_context)
+    with torch.no_grad():  # random weights and class means: every digit has a density of its own
+        for parameter in flow.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    images, labels = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8), torch.randint(0, DIGITS, (40,))
+    figures = main.evaluate(flow, images, labels, 1e-6, torch.device("cpu"), classify=True)
+
+    # The reference: each digit's log p(v | d) one at a time, with the noise the one batch draws.
+    generator = torch.Generator().manual_seed(main.EVAL_NOISE_SEED)
+    draws = []
+    with torch.no_grad():
+        for _ in range(main.CLASSIFY_DRAWS):
+            noise_state = generator.get_state()
+            draws.append(torch.stack([pixels.log_density(flow, images, 1e-6, generator.set_state(noise_state),
+                                                         label_context(torch.full((40,), digit)))
+                                      for digit in range(DIGITS)], dim=1))
+    log_p = torch.stack(draws)  # [draws, 40, 10]
+    assert main.CLASSIFY_DRAWS > 1 and not torch.equal(log_p[0], log_p[1])  # the draws differ
+    to_bits = lambda log_p_v: (8 - log_p_v / (784 * math.log(2))).mean().item()
+    mean_over_draws = log_p.mean(0)
+    assert figures["bpd"] == pytest.approx(to_bits(mean_over_draws[torch.arange(40), labels]), abs=1e-5)
+    assert figures["marginal_bpd"] == pytest.approx(to_bits(torch.logsumexp(log_p, 2) - math.log(10)), abs=1e-5)
+    assert figures["accuracy"] == (mean_over_draws.argmax(1) == labels).sum().item() / 40
 
 
 def test_resuming_a_conditional_run_classifies_after_its_new_last_epoch(digit_data_root, tmp_path):
