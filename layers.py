@@ -59,16 +59,17 @@ class ActNorm(DiagonalScaling):
 
 
 @torch.no_grad()
-def data_dependent_init(flow, x, context=None):
+def data_dependent_init(flow, x, context=None, class_spread=1.0):
     """Set every ActNorm in `flow` from the batch `x` (each sees the output of the layers
     before it; a conditional flow's couplings see `context` where they take it), and a conditional
-    prior's means from the latents of x (prior.py's fit_context_means)."""
+    prior's means from the latents of x, `class_spread` times farther apart (prior.py's
+    fit_context_means)."""
     actnorms = [m for m in flow.modules() if isinstance(m, ActNorm)]
     for actnorm in actnorms:
         actnorm.initialize_on_next_forward = True
     z, _ = flow(x, context)
     if context is not None and getattr(flow.prior, "context_features", 0):
-        flow.prior.fit_context_means(z, context)
+        flow.prior.fit_context_means(z, context, class_spread)
     return len(actnorms)
 
 

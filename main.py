@@ -109,7 +109,7 @@ def train(args, device):
             (out / "metrics.jsonl").unlink(missing_ok=True)
         init_index = torch.randperm(len(train_images), generator=data_order)[:INIT_BATCH].to(device)
         data_dependent_init(model, dequantize_and_logit(train_images[init_index], alpha)[0],
-                            None if contexts is None else contexts[init_index])
+                            None if contexts is None else contexts[init_index], args.class_spread)
     if rank() > 0:  # each process draws its own dequantization noise
         torch.manual_seed(args.seed + 1000 * run.epochs_done + rank())
     # The loss, -mean log p(v) (pixels.py), and one step on it: backward, clip, AdamW (training.py).
@@ -227,6 +227,8 @@ def describe(args, model, device, precision, n_images):
     nets = str(precision or torch.float32).removeprefix("torch.")
     compiling = "; the first step compiles the training loss (a minute or two)" if args.compile else ""
     conditional = f", conditioned on the digit (in the {config['conditional']})" if config.get("conditional") else ""
+    if args.class_spread != 1:
+        conditional += f", class means spread {args.class_spread:g} x"
     if args.classifier_weight:
         conditional += f", loss + {args.classifier_weight:g} x the classifier's cross-entropy"
     return (f"{config['model']}{conditional}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}, "

@@ -61,12 +61,14 @@ class Gaussian(nn.Module):
         return self.mean + means.view(batch, *self.shape)
 
     @torch.no_grad()
-    def fit_context_means(self, z, context):
-        """Set M to the least-squares fit of latents z [B, *shape] from their contexts [B, c]:
-        for one-hot classes, each class's mean latent (0 for a class the batch lacks)."""
+    def fit_context_means(self, z, context, spread=1.0):
+        """Set M to `spread` times the least-squares fit of latents z [B, *shape] from their
+        contexts [B, c]: for one-hot classes, each class's mean latent (0 for a class the
+        batch lacks), times `spread`. A spread above 1 starts the classes' means farther
+        apart than their latents are, and training moves the latents after them."""
         # On the CPU in float64: once, small, and every device has its pseudo-inverse there.
         fit = torch.linalg.pinv(context.cpu().double()) @ z.flatten(1).cpu().double()
-        self.context_means.copy_(fit)
+        self.context_means.copy_(spread * fit)
 
     log_prob = logProbability
 

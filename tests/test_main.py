@@ -166,6 +166,13 @@ def test_the_classifiers_weight_in_the_loss_defaults_to_3_where_only_the_prior_s
     assert weight("--conditional", "nets", "--classifier-weight", "2") == 2
 
 
+def test_the_class_means_start_spread_where_only_the_prior_sees_the_digit():
+    spread = lambda *flags: main.parse_args(list(flags)).class_spread
+    assert spread("--conditional") == spread("--conditional", "prior") == command_line.CLASS_SPREAD == 1.5
+    assert spread() == spread("--conditional", "nets") == 1  # the nets' runs were measured without it
+    assert spread("--conditional", "nets", "--class-spread", "2") == 2
+
+
 @pytest.mark.parametrize("where", ["prior", "nets"])
 def test_a_conditional_run_scores_three_figures_and_classifies_by_likelihood(digit_data_root, tmp_path, capsys, where):
     out = tmp_path / "run"
@@ -350,6 +357,9 @@ def test_an_interrupt_after_an_epochs_checkpoint_keeps_that_epoch(data_root, tmp
     (["--conditional", "everywhere"], "argument --conditional: invalid choice: 'everywhere'"),
     (["--classifier-weight", "3"], "--classifier-weight applies to a conditional flow: give --conditional too"),
     (["--conditional", "--classifier-weight", "-1"], "--classifier-weight must be zero or more"),
+    (["--class-spread", "2"], "--class-spread applies to a conditional flow: give --conditional too"),
+    (["--conditional", "--class-spread", "0"], "--class-spread must be positive"),
+    (["--conditional", "--class-spread", "inf"], "--class-spread must be positive"),
 ])
 def test_bad_flags_exit_with_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

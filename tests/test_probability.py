@@ -50,6 +50,8 @@ def test_fitting_the_context_means_gives_each_class_its_mean_latent():
     prior.fit_context_means(z, label_context(labels, 3))
     expected = torch.stack([z[labels == 0].mean(0), torch.zeros(5), z[labels == 2].mean(0)])
     torch.testing.assert_close(prior.context_means, expected, rtol=0, atol=1e-5)
+    prior.fit_context_means(z, label_context(labels, 3), spread=2.5)  # the means start 2.5 times as far out
+    torch.testing.assert_close(prior.context_means, 2.5 * expected, rtol=0, atol=1e-5)
 
 
 def test_gaussian_samples_have_unit_moments():
@@ -167,6 +169,9 @@ def test_data_dependent_init_sets_a_conditional_priors_means_from_the_latents():
     torch.testing.assert_close(flow.prior.context_means, torch.stack([z[labels == 0].mean(0), z[labels == 1].mean(0)]),
                                rtol=0, atol=1e-5)
     assert (flow.prior.context_means[1] - flow.prior.context_means[0]).min() > 1  # the classes stand apart
+    data_dependent_init(flow, x, label_context(labels, 2), class_spread=3.0)
+    torch.testing.assert_close(flow.prior.context_means, 3 * torch.stack([z[labels == 0].mean(0), z[labels == 1].mean(0)]),
+                               rtol=0, atol=1e-5)
 
 
 def test_data_dependent_init_standardises_each_feature():
