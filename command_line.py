@@ -37,7 +37,8 @@ def parse_args(argv=None):
     training.add_argument("--class-spread", type=float, default=None, metavar="S",
                           help="with --conditional: the prior's class means start S times the mean latent of each "
                                f"digit's images (prior.py; default {CLASS_SPREAD:g} for --conditional prior, 1 for nets), "
-                               "so that the digits start farther apart")
+                               "so that the digits start farther apart; a fresh start only, --resume keeps the "
+                               "checkpoint's means)")
     files = parser.add_argument_group("files")
     files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
     files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
@@ -69,7 +70,7 @@ def parse_args(argv=None):
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     for flag, tuned, neutral, allowed, rule in (
             ("classifier_weight", CLASSIFIER_WEIGHT, 0.0, lambda value: value >= 0, "zero or more"),
-            ("class_spread", CLASS_SPREAD, 1.0, lambda value: value > 0, "positive")):
+            ("class_spread", CLASS_SPREAD, 1.0, lambda value: value > 0, "a positive number")):
         value, name = getattr(args, flag), "--" + flag.replace("_", "-")
         if value is None:
             setattr(args, flag, tuned if args.conditional == "prior" else neutral)

@@ -22,8 +22,11 @@ Two things come for free from p(x | d), by the sum rule and Bayes' rule with p(d
 
 Both need the ten log p(x | d) of one dequantized image (`log_density_by_digit`). Where only
 the prior sees the digit, z = f(x) and its log-det serve all ten, and
-p(d | x) = softmax_d (-|z - mu_d|^2 / 2): a nearest-mean classifier on the flow's latent. layers.data_dependent_init sets each mu_d to the mean latent of its digit's images
-before training.
+p(d | x) = softmax_d (-|z - mu_d|^2 / 2): a nearest-mean classifier on the flow's latent.
+layers.data_dependent_init sets each mu_d to S times the mean latent of its digit's images
+before training (main.py's --class-spread S, 1.5 by default with the digit in the prior
+only): the digits' means start farther apart than their latents, and the likelihood then
+pulls each digit's latents out towards its mean (docs/results.md measures what it buys).
 
 The label is worth little likelihood: log p(x | d) <= log p(x) + log 10, so knowing it
 saves at most 2.3 nats an image (0.004 bits/dim on MNIST), and likelihood training pays

@@ -131,7 +131,8 @@ def train(args, device):
             images_seen = train_epoch(args, run, step, train_images, contexts, losses, clock, epoch)
             seconds = time.monotonic() - started
             run.epochs_done, run.train_seconds = epoch, clock.read()  # an interrupt from here on saves this epoch
-            # A conditional flow's last epoch also classifies the test split (ten flow passes an image in the nets).
+            # A conditional flow's last epoch also classifies the test split (CLASSIFY_DRAWS x 10 flow passes an
+            # image in the nets).
             last = epoch == args.epochs or (args.time_budget is not None and run.train_seconds >= args.time_budget)
             test_figures = evaluate(model, *test, alpha, device, classify=last and model.context_features > 0)
             metrics = {"epoch": epoch, "train_bpd": bits_per_dim(-losses.epoch_mean()),
@@ -227,7 +228,7 @@ def describe(args, model, device, precision, n_images):
     nets = str(precision or torch.float32).removeprefix("torch.")
     compiling = "; the first step compiles the training loss (a minute or two)" if args.compile else ""
     conditional = f", conditioned on the digit (in the {config['conditional']})" if config.get("conditional") else ""
-    if args.class_spread != 1:
+    if args.class_spread != 1 and not args.resume:  # a resumed run keeps its checkpoint's means
         conditional += f", class means spread {args.class_spread:g} x"
     if args.classifier_weight:
         conditional += f", loss + {args.classifier_weight:g} x the classifier's cross-entropy"
@@ -245,11 +246,12 @@ def evaluate(model, images, labels, alpha, device, classify=False):
 
     With `classify` (a conditional model only) also the mean marginal bits/dim, from
     log p(x) = logsumexp_d log p(x | d) + log 1/10, and the "accuracy" of the Bayes
-    classifier argmax_d log p(x | d) (conditional.py): ten passes of the flow an image where
-    its couplings see the digit, one where only the prior does. Each image then gets
-    CLASSIFY_DRAWS draws of dequantization noise, and every figure is their mean: the
-    same expectation over the noise that one draw estimates, with less noise, which matters
-    most to the classifier, argmax_d of the mean over draws of log p(v | d).
+    classifier argmax_d log p(x | d) (conditional.py). Each image then gets CLASSIFY_DRAWS
+    draws of dequantization noise v_k: the two bits/dim are means over the draws (the same
+    expectation that one draw estimates, with less noise), and the classifier scores each
+    digit by mean_k log p(v_k | d), the dequantization bound that bits/dim reports, with
+    less noise than one draw's. Ten passes of the flow a draw where the couplings see the
+    digit, one where only the prior does.
     Each batch draws its dequantization noise from its own fixed seed, so the figures are
     the same every time, and the same whichever processes share the batches.
     """

@@ -62,10 +62,10 @@ class Gaussian(nn.Module):
 
     @torch.no_grad()
     def fit_context_means(self, z, context, spread=1.0):
-        """Set M to `spread` times the least-squares fit of latents z [B, *shape] from their
-        contexts [B, c]: for one-hot classes, each class's mean latent (0 for a class the
-        batch lacks), times `spread`. A spread above 1 starts the classes' means farther
-        apart than their latents are, and training moves the latents after them."""
+        """Set M to S = `spread` times the least-squares fit of latents z [B, *shape] from their
+        contexts [B, c]. For one-hot classes that is M_d = S * mean_{i: d_i = d} z_i, each
+        class's mean latent scaled about the origin (0 for a class the batch lacks): with
+        S > 1 the classes' means start S times farther apart than their latents."""
         # On the CPU in float64: once, small, and every device has its pseudo-inverse there.
         fit = torch.linalg.pinv(context.cpu().double()) @ z.flatten(1).cpu().double()
         self.context_means.copy_(spread * fit)

@@ -173,6 +173,18 @@ def test_the_class_means_start_spread_where_only_the_prior_sees_the_digit():
     assert spread("--conditional", "nets", "--class-spread", "2") == 2
 
 
+def test_a_conditional_run_starts_its_class_means_spread(digit_data_root, tmp_path, monkeypatch):
+    spreads, real_init = [], main.data_dependent_init
+
+    def recording_init(flow, x, context=None, class_spread=1.0):
+        spreads.append(class_spread)
+        return real_init(flow, x, context, class_spread)
+
+    monkeypatch.setattr(main, "data_dependent_init", recording_init)
+    assert run(digit_data_root, tmp_path / "run", "--conditional", "--class-spread", "2", "--epochs", "1") == 0
+    assert spreads == [2.0]
+
+
 @pytest.mark.parametrize("where", ["prior", "nets"])
 def test_a_conditional_run_scores_three_figures_and_classifies_by_likelihood(digit_data_root, tmp_path, capsys, where):
     out = tmp_path / "run"
@@ -207,10 +219,11 @@ def test_classifying_averages_each_digits_log_density_over_draws_of_noise(nets_s
     draws = []
     with torch.no_grad():
         for _ in range(main.CLASSIFY_DRAWS):
-            noise_state = generator.get_state()
-            draws.append(torch.stack([pixels.log_density(flow, images, 1e-6, generator.set_state(noise_state),
-                                                         label_context(torch.full((40,), digit)))
-                                      for digit in range(DIGITS)], dim=1))
+            noise_state, by_digit = generator.get_state(), []
+            for digit in range(DIGITS):
+                generator.set_state(noise_state)  # every digit sees this draw's noise
+                by_digit.append(pixels.log_density(flow, images, 1e-6, generator, label_context(torch.full((40,), digit))))
+            draws.append(torch.stack(by_digit, dim=1))
     log_p = torch.stack(draws)  # [draws, 40, 10]
     assert main.CLASSIFY_DRAWS > 1 and not torch.equal(log_p[0], log_p[1])  # the draws differ
     to_bits = lambda log_p_v: (8 - log_p_v / (784 * math.log(2))).mean().item()
@@ -358,8 +371,8 @@ def test_an_interrupt_after_an_epochs_checkpoint_keeps_that_epoch(data_root, tmp
     (["--classifier-weight", "3"], "--classifier-weight applies to a conditional flow: give --conditional too"),
     (["--conditional", "--classifier-weight", "-1"], "--classifier-weight must be zero or more"),
     (["--class-spread", "2"], "--class-spread applies to a conditional flow: give --conditional too"),
-    (["--conditional", "--class-spread", "0"], "--class-spread must be positive"),
-    (["--conditional", "--class-spread", "inf"], "--class-spread must be positive"),
+    (["--conditional", "--class-spread", "0"], "--class-spread must be a positive number"),
+    (["--conditional", "--class-spread", "inf"], "--class-spread must be a positive number"),
 ])
 def test_bad_flags_exit_with_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
