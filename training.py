@@ -37,7 +37,7 @@ def add_step_arguments(parser):
     group = parser.add_argument_group("training")
     group.add_argument("--batch-size", type=int, default=256, help="images per gradient step (per process)")
     group.add_argument("--lr", type=float, default=2e-3,
-                       help="peak AdamW learning rate (cosine decay to 0; 2e-3 beat 1e-3 at 600 s and at 12 epochs, docs/results.md)")
+                       help="peak AdamW learning rate (cosine decay to 0; 2e-3 beat 1e-3 over 12 epochs, docs/results.md)")
     group.add_argument("--weight-decay", type=float, default=0.0,
                        help="decoupled weight decay (AdamW): each step also multiplies every parameter by 1 - lr * this")
     group.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
