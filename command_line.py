@@ -19,16 +19,14 @@ CLASS_SPREAD = 1.5
 def parse_args(argv=None):
     """main.py's flags from `argv` (default: sys.argv), checked; `args.model_config` is the model's config."""
     parser = argparse.ArgumentParser(
-        description="Train a normalizing flow (RealNVP, NICE or spline couplings) on MNIST and report test bits/dim.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+        description="Train a normalizing flow (RealNVP, NICE or spline couplings) on MNIST and report test bits/dim.")
     add_model_arguments(parser)
     training = add_step_arguments(parser)  # the step's flags: --batch-size, --lr, --precision, ...
-    training.add_argument("--epochs", type=int, default=12, help="passes over the training images")
+    training.add_argument("--epochs", type=int, default=12, help="passes over the training images (default: %(default)s)")
     training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                           help="stop training once this much wall time has passed (the evaluations between epochs "
                                "included), then evaluate and save as at an epoch's end")
-    training.add_argument("--seed", type=int, default=0, help="random seed")
+    training.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
                           help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
                                f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
@@ -40,23 +38,24 @@ def parse_args(argv=None):
                                "so that the digits start farther apart; a fresh start only, --resume keeps the "
                                "checkpoint's means)")
     files = parser.add_argument_group("files")
-    files.add_argument("--data", default="data", help="MNIST folder (downloaded into DATA/MNIST/raw when missing)")
+    files.add_argument("--data", default="data", help="MNIST folder, downloaded into DATA/MNIST/raw when missing (default: %(default)s)")
     files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
                        help="extra MNIST mirror tried first (repeatable), e.g. a local folder with the .gz files")
     files.add_argument("--default-mirrors", action=argparse.BooleanOptionalAction, default=True,
                        help="try the built-in internet mirrors after --mirror")
-    files.add_argument("--out", default="runs/mnist", help="output folder: checkpoints, metrics.jsonl, sample grids")
+    files.add_argument("--out", default="runs/mnist", help="output folder: checkpoints, metrics.jsonl, sample grids (default: %(default)s)")
     files.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt")
     other = parser.add_argument_group("evaluate or sample a checkpoint instead of training")
     other.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
     other.add_argument("--sample", metavar="CKPT", help="write grids of samples from a checkpoint into OUT")
     other.add_argument("--n", type=int, default=64,
                        help="number of samples per grid for --sample (a conditional checkpoint's grid of all ten "
-                            "digits has rows of 10)")
+                            "digits has rows of 10; default: %(default)s)")
     other.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7, 0.5],
-                       help="prior standard deviations for --sample: one grid each")
+                       help="prior standard deviations for --sample: one grid each (default: 1 0.7 0.5)")
     other.add_argument("--pairs", type=int, default=8,
-                       help="--sample also interpolates in latent space between this many pairs of test digits")
+                       help="--sample also interpolates in latent space between this many pairs of test digits "
+                            "(default: %(default)s)")
     other.add_argument("--digit", type=int, nargs="+", action="extend", default=[], choices=range(10),
                        metavar="DIGIT", help="--sample of a conditional checkpoint: grids of these digits 0-9 "
                                              "(repeatable), one per digit and temperature; default: one grid with a "

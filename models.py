@@ -36,13 +36,14 @@ def add_model_arguments(parser):
     """The model flags, as main.py and the benchmark take them."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", choices=sorted(MODELS), default="spline",
-                       help="which flow to train: spline couplings (spline.py), RealNVP's affine ones, or NICE")
+                       help="which flow to train: spline couplings (spline.py), RealNVP's affine ones, or NICE "
+                            "(default: %(default)s)")
     group.add_argument("--blocks", type=int, default=None,
                        help="number of blocks F = f0 o f1, two couplings each (default: 4 for spline, else 8)")
     group.add_argument("--couplings", type=int, dest="blocks", help=argparse.SUPPRESS)  # the old name of --blocks
-    group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP")
-    group.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP")
-    group.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v (pixels.py)")
+    group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP (default: %(default)s)")
+    group.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP (default: %(default)s)")
+    group.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v (pixels.py; default: %(default)s)")
     group.add_argument("--conditional", nargs="?", const="prior", choices=CONDITIONING, metavar="WHERE",
                        help="model p(image | digit) (conditional.py), the one-hot digit moving the prior's mean "
                             "(prior, the default) or also fed to every coupling net (nets); adds the marginal "

@@ -35,19 +35,21 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def add_step_arguments(parser):
     """The flags of the training step, as main.py and the benchmark take them; returns their group."""
     group = parser.add_argument_group("training")
-    group.add_argument("--batch-size", type=int, default=256, help="images per gradient step (per process)")
+    group.add_argument("--batch-size", type=int, default=256, help="images per gradient step (per process; default: %(default)s)")
     group.add_argument("--lr", type=float, default=2e-3,
-                       help="peak AdamW learning rate (cosine decay to 0; 2e-3 beat 1e-3 over 12 epochs, docs/results.md)")
+                       help="peak AdamW learning rate (cosine decay to 0; 2e-3 beat 1e-3 over 12 epochs, docs/results.md; "
+                            "default: %(default)s)")
     group.add_argument("--weight-decay", type=float, default=0.0,
-                       help="decoupled weight decay (AdamW): each step also multiplies every parameter by 1 - lr * this")
+                       help="decoupled weight decay (AdamW): each step also multiplies every parameter by 1 - lr * this "
+                            "(default: %(default)s)")
     group.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                        help="the coupling nets' precision in training (the rest stays float32); "
-                            "auto picks bf16 where it is measured fast, else fp32")
+                            "auto picks bf16 where it is measured fast, else fp32 (default: %(default)s)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                        help="compile the training loss with torch.compile: faster steps after a minute or two of "
                             "compiling (a C++ compiler is needed on a CPU; without one, training goes on uncompiled)")
     group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                       help="auto picks cuda, then mps, then cpu")
+                       help="auto picks cuda, then mps, then cpu (default: %(default)s)")
     return group
 
 

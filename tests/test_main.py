@@ -381,6 +381,17 @@ def test_bad_flags_exit_with_status_2(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_help_states_each_default_once_and_never_as_none(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines: undo it
+    assert "default: None" not in help_text
+    assert "images per gradient step (per process; default: 256)" in help_text
+    assert "number of blocks F = f0 o f1, two couplings each (default: 4 for spline, else 8)" in help_text
+    assert "(default: on) (default" not in help_text
+
+
 def test_bad_checkpoints_and_output_folders_are_one_line_errors(data_root, tmp_path, capsys):
     torch.save({"format": checkpoints.FORMAT, "model": {}}, tmp_path / "incomplete.pt")
     (tmp_path / "a-file").write_text("not a folder")
