@@ -42,7 +42,7 @@ def parse_args(argv=None):
     files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
                        help="extra MNIST mirror tried first (repeatable), e.g. a local folder with the .gz files")
     files.add_argument("--default-mirrors", action=argparse.BooleanOptionalAction, default=True,
-                       help="try the built-in internet mirrors after --mirror")
+                       help="try the built-in internet mirrors after --mirror (default: on)")
     files.add_argument("--out", default="runs/mnist", help="output folder: checkpoints, metrics.jsonl, sample grids (default: %(default)s)")
     files.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt")
     other = parser.add_argument_group("evaluate or sample a checkpoint instead of training")

@@ -47,7 +47,7 @@ def add_step_arguments(parser):
                             "auto picks bf16 where it is measured fast, else fp32 (default: %(default)s)")
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                        help="compile the training loss with torch.compile: faster steps after a minute or two of "
-                            "compiling (a C++ compiler is needed on a CPU; without one, training goes on uncompiled)")
+                            "compiling (a C++ compiler is needed on a CPU; without one, training goes on uncompiled; default: on)")
     group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                        help="auto picks cuda, then mps, then cpu (default: %(default)s)")
     return group

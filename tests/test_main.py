@@ -389,6 +389,7 @@ def test_help_states_each_default_once_and_never_as_none(capsys):
     assert "default: None" not in help_text
     assert "images per gradient step (per process; default: 256)" in help_text
     assert "number of blocks F = f0 o f1, two couplings each (default: 4 for spline, else 8)" in help_text
+    assert "training goes on uncompiled; default: on)" in help_text
     assert "(default: on) (default" not in help_text
 
 
