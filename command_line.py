@@ -7,7 +7,7 @@ import argparse
 import math
 
 import distributed
-from models import add_model_arguments, model_config
+from models import IMAGE_SHAPE, add_model_arguments, model_config
 from training import add_step_arguments, check_step_arguments
 
 # --conditional prior's defaults for the two flags below, chosen by the runs in docs/results.md;
@@ -27,6 +27,10 @@ def parse_args(argv=None):
                           help="stop training once this much wall time has passed (the evaluations between epochs "
                                "included), then evaluate and save as at an epoch's end")
     training.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    training.add_argument("--translate", type=int, default=0, metavar="PIXELS",
+                          help="augment: move each training image by a random whole number of pixels from -PIXELS to "
+                               "PIXELS along each axis, filling in black; the test split is scored unmoved "
+                               "(default: %(default)s, off)")
     training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
                           help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
                                f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
@@ -77,6 +81,8 @@ def parse_args(argv=None):
             parser.error(f"{name} applies to a conditional flow: give --conditional too")
         elif not (math.isfinite(value) and allowed(value)):
             parser.error(f"{name} must be {rule}, got {value}")
+    if not 0 <= args.translate < min(IMAGE_SHAPE[1:]):
+        parser.error(f"--translate must lie in 0..{min(IMAGE_SHAPE[1:]) - 1} pixels, got {args.translate}")
     if args.epochs < 0:
         parser.error(f"--epochs must be zero or more, got {args.epochs}")
     positive = {"--temperature": args.temperature, "--time-budget": [] if args.time_budget is None else [args.time_budget]}

@@ -83,6 +83,19 @@ def get_data(args, split):
     return images.unsqueeze(1), labels
 
 
+def translate_images(images, pixels):
+    """Move each image [B, C, H, W] by its own random whole number of pixels in -pixels..pixels
+    along each axis; what moves in is 0 (black). --translate's augmentation of training images."""
+    batch, channels, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (pixels, pixels, pixels, pixels))  # [B, C, H + 2p, W + 2p]
+    top, left = torch.randint(0, 2 * pixels + 1, (2, batch, 1, 1, 1), device=images.device)  # each [B, 1, 1, 1]
+    rows = top + torch.arange(height, device=images.device).view(1, 1, height, 1)  # the padded rows each image keeps
+    cols = left + torch.arange(width, device=images.device).view(1, 1, 1, width)
+    image = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
+    channel = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
+    return padded[image, channel, rows, cols]
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -177,7 +190,8 @@ def train_epoch(args, run, step, images, contexts, losses, clock, epoch):
             group["lr"] = cosine_learning_rate(args.lr, progress)
         batch_index = order[index * args.batch_size : (index + 1) * args.batch_size]
         context = None if contexts is None else contexts[batch_index]
-        losses.add(step(images[batch_index], context))  # the loss, NaN where the step was skipped
+        batch = images[batch_index] if not args.translate else translate_images(images[batch_index], args.translate)
+        losses.add(step(batch, context))  # the loss, NaN where the step was skipped
         trained += len(batch_index) * world_size()
         if (index + 1) % LOG_INTERVAL == 0 or index + 1 == steps:
             recent_loss, bad_streak = losses.read()
@@ -227,6 +241,8 @@ def describe(args, model, device, precision, n_images):
     processes = f" x {world_size()} processes" if world_size() > 1 else ""
     nets = str(precision or torch.float32).removeprefix("torch.")
     compiling = "; the first step compiles the training loss (a minute or two)" if args.compile else ""
+    moved = (f", each moved by up to {args.translate} pixel{'s' * (args.translate > 1)} along each axis"
+             if args.translate else "")
     conditional = f", conditioned on the digit (in the {config['conditional']})" if config.get("conditional") else ""
     if args.class_spread != 1 and not args.resume:  # a resumed run keeps its checkpoint's means
         conditional += f", class means spread {args.class_spread:g} x"
@@ -234,7 +250,7 @@ def describe(args, model, device, precision, n_images):
         conditional += f", loss + {args.classifier_weight:g} x the classifier's cross-entropy"
     return (f"{config['model']}{conditional}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}, "
             f"{parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
-            f"{n_images} training images{compiling}")
+            f"{n_images} training images{moved}{compiling}")
 
 
 # --------------------------------------------------------------------------- evaluation in bits/dim

@@ -173,6 +173,42 @@ def test_the_class_means_start_spread_where_only_the_prior_sees_the_digit():
     assert spread("--conditional", "nets", "--class-spread", "2") == 2
 
 
+def moved(image, down, right):
+    """`image` [C, H, W] moved `down` rows and `right` columns, black coming in: slicing, as a reference."""
+    _, height, width = image.shape
+    out = torch.zeros_like(image)
+    out[:, max(down, 0):height + min(down, 0), max(right, 0):width + min(right, 0)] = \
+        image[:, max(-down, 0):height + min(-down, 0), max(-right, 0):width + min(-right, 0)]
+    return out
+
+
+def test_translate_moves_each_image_by_up_to_k_pixels_filling_in_black():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (400, 1, 9, 7), dtype=torch.uint8)  # no black pixel: every move shows
+    translated = main.translate_images(images, 2)
+    assert translated.shape == images.shape and translated.dtype == torch.uint8
+    moves = []
+    for image, out in zip(images, translated):
+        matches = [(down, right) for down in range(-2, 3) for right in range(-2, 3)
+                   if torch.equal(out, moved(image, down, right))]
+        assert len(matches) == 1
+        moves += matches
+    assert len(set(moves)) == 25  # every move from -2 to 2 along each axis happens
+
+
+def test_a_run_with_translate_trains_on_moved_images(data_root, tmp_path, monkeypatch, capsys):
+    calls, real_translate = [], main.translate_images
+
+    def recording_translate(images, pixels):
+        calls.append(pixels)
+        return real_translate(images, pixels)
+
+    monkeypatch.setattr(main, "translate_images", recording_translate)
+    assert run(data_root, tmp_path / "run", "--translate", "1", "--epochs", "1") == 0
+    assert calls == [1] * math.ceil(270 / 50)  # every batch of the 270 training images (30 held out)
+    assert "each moved by up to 1 pixel along each axis" in capsys.readouterr().out
+
+
 def test_a_conditional_run_starts_its_class_means_spread(digit_data_root, tmp_path, monkeypatch):
     spreads, real_init = [], main.data_dependent_init
 
@@ -373,6 +409,8 @@ def test_an_interrupt_after_an_epochs_checkpoint_keeps_that_epoch(data_root, tmp
     (["--class-spread", "2"], "--class-spread applies to a conditional flow: give --conditional too"),
     (["--conditional", "--class-spread", "0"], "--class-spread must be a positive number"),
     (["--conditional", "--class-spread", "inf"], "--class-spread must be a positive number"),
+    (["--translate", "-1"], "--translate must lie in 0..27 pixels, got -1"),
+    (["--translate", "28"], "--translate must lie in 0..27 pixels, got 28"),
 ])
 def test_bad_flags_exit_with_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
