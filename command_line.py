@@ -28,8 +28,9 @@ def parse_args(argv=None):
                                "included), then evaluate and save as at an epoch's end")
     training.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     training.add_argument("--translate", type=int, default=0, metavar="PIXELS",
-                          help="augment: move each training image by a random whole number of pixels from -PIXELS to "
-                               "PIXELS along each axis, filling in black; the test split is scored unmoved "
+                          help="augment: move each training image, each time it is trained on, by a random whole "
+                               "number of pixels from -PIXELS to PIXELS along each axis, filling in black; the "
+                               "validation and test splits are scored unmoved; give it again with --resume "
                                "(default: %(default)s, off)")
     training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
                           help="with --conditional: the loss adds W times the cross-entropy of classifying each image "

@@ -85,15 +85,18 @@ def get_data(args, split):
 
 def translate_images(images, pixels):
     """Move each image [B, C, H, W] by its own random whole number of pixels in -pixels..pixels
-    along each axis; what moves in is 0 (black). --translate's augmentation of training images."""
+    along each axis; what moves in is 0 (black). --translate's augmentation of training batches
+    (the batch that initialises ActNorm and the class means, and the scored splits, stay put)."""
     batch, channels, height, width = images.shape
     padded = torch.nn.functional.pad(images, (pixels, pixels, pixels, pixels))  # [B, C, H + 2p, W + 2p]
+    # Each image keeps the H x W window of its padded copy from row `top`, column `left`:
+    # it moves pixels - top down and pixels - left right.
     top, left = torch.randint(0, 2 * pixels + 1, (2, batch, 1, 1, 1), device=images.device)  # each [B, 1, 1, 1]
-    rows = top + torch.arange(height, device=images.device).view(1, 1, height, 1)  # the padded rows each image keeps
+    rows = top + torch.arange(height, device=images.device).view(1, 1, height, 1)
     cols = left + torch.arange(width, device=images.device).view(1, 1, 1, width)
-    image = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
-    channel = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
-    return padded[image, channel, rows, cols]
+    image_index = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
+    channel_index = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
+    return padded[image_index, channel_index, rows, cols]  # [B, C, H, W]
 
 
 # --------------------------------------------------------------------------- training
@@ -190,7 +193,9 @@ def train_epoch(args, run, step, images, contexts, losses, clock, epoch):
             group["lr"] = cosine_learning_rate(args.lr, progress)
         batch_index = order[index * args.batch_size : (index + 1) * args.batch_size]
         context = None if contexts is None else contexts[batch_index]
-        batch = images[batch_index] if not args.translate else translate_images(images[batch_index], args.translate)
+        batch = images[batch_index]
+        if args.translate:  # only then: a run without it draws the same random numbers as before the flag
+            batch = translate_images(batch, args.translate)
         losses.add(step(batch, context))  # the loss, NaN where the step was skipped
         trained += len(batch_index) * world_size()
         if (index + 1) % LOG_INTERVAL == 0 or index + 1 == steps:

@@ -184,7 +184,7 @@ def moved(image, down, right):
 
 def test_translate_moves_each_image_by_up_to_k_pixels_filling_in_black():
     torch.manual_seed(0)
-    images = torch.randint(1, 256, (400, 1, 9, 7), dtype=torch.uint8)  # no black pixel: every move shows
+    images = torch.randint(1, 256, (400, 2, 9, 7), dtype=torch.uint8)  # no black pixel: every move shows
     translated = main.translate_images(images, 2)
     assert translated.shape == images.shape and translated.dtype == torch.uint8
     moves = []
@@ -197,15 +197,23 @@ def test_translate_moves_each_image_by_up_to_k_pixels_filling_in_black():
 
 
 def test_a_run_with_translate_trains_on_moved_images(data_root, tmp_path, monkeypatch, capsys):
-    calls, real_translate = [], main.translate_images
+    moved_batches, trained_batches = [], []
+    real_translate, real_step = main.translate_images, training.TrainingStep.__call__
 
     def recording_translate(images, pixels):
-        calls.append(pixels)
-        return real_translate(images, pixels)
+        assert pixels == 1
+        moved_batches.append(real_translate(images, pixels))
+        return moved_batches[-1]
+
+    def recording_step(self, batch, *more_inputs):
+        trained_batches.append(batch)
+        return real_step(self, batch, *more_inputs)
 
     monkeypatch.setattr(main, "translate_images", recording_translate)
+    monkeypatch.setattr(training.TrainingStep, "__call__", recording_step)
     assert run(data_root, tmp_path / "run", "--translate", "1", "--epochs", "1") == 0
-    assert calls == [1] * math.ceil(270 / 50)  # every batch of the 270 training images (30 held out)
+    assert len(moved_batches) == math.ceil(270 / 50)  # every batch of the 270 training images (30 held out)
+    assert all(trained is moved for trained, moved in zip(trained_batches, moved_batches, strict=True))
     assert "each moved by up to 1 pixel along each axis" in capsys.readouterr().out
 
 
