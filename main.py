@@ -39,7 +39,7 @@ from download_mnist import MnistDownloadError, ensure_mnist, load_mnist
 from layers import data_dependent_init
 from models import build_model
 from pictures import save_curves, save_digit_rows, save_interpolations, save_samples
-from pixels import NegativeLogLikelihood, bits_per_dim, dequantize_and_logit, log_density
+from pixels import NegativeLogLikelihood, bits_per_dim, dequantize_and_logit, log_density, translate_images
 from training import (SetupError, TrainingClock, TrainingLosses, TrainingStep, cosine_learning_rate,
                       evaluation_mode, make_optimizer, pick_device, pick_precision)
 
@@ -81,22 +81,6 @@ def get_data(args, split):
         print(f"main.py: error: {error}", file=sys.stderr)
         raise SystemExit(1)
     return images.unsqueeze(1), labels
-
-
-def translate_images(images, pixels):
-    """Move each image [B, C, H, W] by its own random whole number of pixels in -pixels..pixels
-    along each axis; what moves in is 0 (black). --translate's augmentation of training batches
-    (the batch that initialises ActNorm and the class means, and the scored splits, stay put)."""
-    batch, channels, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (pixels, pixels, pixels, pixels))  # [B, C, H + 2p, W + 2p]
-    # Each image keeps the H x W window of its padded copy from row `top`, column `left`:
-    # it moves pixels - top down and pixels - left right.
-    top, left = torch.randint(0, 2 * pixels + 1, (2, batch, 1, 1, 1), device=images.device)  # each [B, 1, 1, 1]
-    rows = top + torch.arange(height, device=images.device).view(1, 1, height, 1)
-    cols = left + torch.arange(width, device=images.device).view(1, 1, 1, width)
-    image_index = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
-    channel_index = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
-    return padded[image_index, channel_index, rows, cols]  # [B, C, H, W]
 
 
 # --------------------------------------------------------------------------- training
@@ -193,9 +177,7 @@ def train_epoch(args, run, step, images, contexts, losses, clock, epoch):
             group["lr"] = cosine_learning_rate(args.lr, progress)
         batch_index = order[index * args.batch_size : (index + 1) * args.batch_size]
         context = None if contexts is None else contexts[batch_index]
-        batch = images[batch_index]
-        if args.translate:  # only then: a run without it draws the same random numbers as before the flag
-            batch = translate_images(batch, args.translate)
+        batch = translate_images(images[batch_index], args.translate)  # --translate 0: the images as they are
         losses.add(step(batch, context))  # the loss, NaN where the step was skipped
         trained += len(batch_index) * world_size()
         if (index + 1) % LOG_INTERVAL == 0 or index + 1 == steps:

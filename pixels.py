@@ -37,6 +37,23 @@ def dequantize_and_logit(images, alpha, generator=None):
     return log_s - log_one_minus_s, logdet
 
 
+def translate_images(images, pixels):
+    """Move each uint8 image [B, C, H, W] by its own random whole number of pixels in
+    -pixels..pixels along each axis, black coming in: main.py's --translate, which moves
+    training batches only. pixels=0 returns the images and draws no random numbers."""
+    if pixels == 0:
+        return images
+    batch, channels, height, width = images.shape
+    padded = nn.functional.pad(images, (pixels, pixels, pixels, pixels))  # [B, C, H + 2p, W + 2p]
+    # Each image keeps the H x W window of its padded copy from row `top`, column `left`:
+    # it moves pixels - top down and pixels - left right.
+    top, left = torch.randint(0, 2 * pixels + 1, (2, batch, 1, 1, 1), device=images.device)  # each [B, 1, 1, 1]
+    rows = top + torch.arange(height, device=images.device).view(1, 1, height, 1)
+    cols = left + torch.arange(width, device=images.device).view(1, 1, 1, width)
+    image_index = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
+    channel_index = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
+    return padded[image_index, channel_index, rows, cols]  # [B, C, H, W]
+
 def logit_to_pixels(y, alpha):
     """The inverse of the squash: y -> v in [0, 1], for pictures."""
     return ((torch.sigmoid(y) - alpha) / (1 - 2 * alpha)).clamp(0, 1)

@@ -173,29 +173,6 @@ def test_the_class_means_start_spread_where_only_the_prior_sees_the_digit():
     assert spread("--conditional", "nets", "--class-spread", "2") == 2
 
 
-def moved(image, down, right):
-    """`image` [C, H, W] moved `down` rows and `right` columns, black coming in: slicing, as a reference."""
-    _, height, width = image.shape
-    out = torch.zeros_like(image)
-    out[:, max(down, 0):height + min(down, 0), max(right, 0):width + min(right, 0)] = \
-        image[:, max(-down, 0):height + min(-down, 0), max(-right, 0):width + min(-right, 0)]
-    return out
-
-
-def test_translate_moves_each_image_by_up_to_k_pixels_filling_in_black():
-    torch.manual_seed(0)
-    images = torch.randint(1, 256, (400, 2, 9, 7), dtype=torch.uint8)  # no black pixel: every move shows
-    translated = main.translate_images(images, 2)
-    assert translated.shape == images.shape and translated.dtype == torch.uint8
-    moves = []
-    for image, out in zip(images, translated):
-        matches = [(down, right) for down in range(-2, 3) for right in range(-2, 3)
-                   if torch.equal(out, moved(image, down, right))]
-        assert len(matches) == 1
-        moves += matches
-    assert len(set(moves)) == 25  # every move from -2 to 2 along each axis happens
-
-
 def test_a_run_with_translate_trains_on_moved_images(data_root, tmp_path, monkeypatch, capsys):
     moved_batches, trained_batches = [], []
     real_translate, real_step = main.translate_images, training.TrainingStep.__call__

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pixels import NegativeLogLikelihood, bits_per_dim, log_density, logit_to_pixels
+from pixels import NegativeLogLikelihood, bits_per_dim, log_density, logit_to_pixels, translate_images
 from realnvp import RealNVP
 
 
@@ -66,3 +66,27 @@ def test_the_loss_is_the_negative_mean_log_density():
     loss = NegativeLogLikelihood(flow, 1e-6)(images)
     torch.manual_seed(1)  # the same dequantization noise
     assert loss.item() == pytest.approx(-log_density(flow, images, 1e-6).mean().item(), rel=1e-6)
+
+
+def moved(image, down, right):
+    """`image` [C, H, W] moved `down` rows and `right` columns, black coming in: slicing, as a reference."""
+    _, height, width = image.shape
+    out = torch.zeros_like(image)
+    out[:, max(down, 0):height + min(down, 0), max(right, 0):width + min(right, 0)] = \
+        image[:, max(-down, 0):height + min(-down, 0), max(-right, 0):width + min(-right, 0)]
+    return out
+
+
+def test_translate_moves_each_image_by_up_to_k_pixels_filling_in_black():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (400, 2, 9, 7), dtype=torch.uint8)  # no black pixel: every move shows
+    translated = translate_images(images, 2)
+    assert translate_images(images, 0) is images
+    assert translated.shape == images.shape and translated.dtype == torch.uint8
+    moves = []
+    for image, out in zip(images, translated):
+        matches = [(down, right) for down in range(-2, 3) for right in range(-2, 3)
+                   if torch.equal(out, moved(image, down, right))]
+        assert len(matches) == 1
+        moves += matches
+    assert len(set(moves)) == 25  # every move from -2 to 2 along each axis happens
