@@ -169,6 +169,8 @@ def ensure_mnist(root="data", mirrors=(), **options):
     files = options.get("files") or FILES
     paths = [_raw_folder(root) / name for name in files]
     if all(path.exists() for path in paths):
+        # Nothing to download, but a run killed while downloading may have left its .part files.
+        _remove_stale_parts(_raw_folder(root), files, options.get("progress", True))
         return paths
     return download_mnist(root, mirrors, **options)
 

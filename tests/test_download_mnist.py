@@ -487,6 +487,18 @@ def test_a_later_run_removes_part_files_of_killed_runs_only(tmp_path, mirror):
     assert raw_files(tmp_path / "data") == sorted([*checksums, *kept])
 
 
+def test_ensure_mnist_removes_part_files_of_killed_runs_when_nothing_is_missing(tmp_path, mirror):
+    folder, checksums = mirror
+    ensure_mnist(tmp_path / "data", [str(folder)], files=checksums, **offline())
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()  # its PID is now no process's
+    raw, name = tmp_path / "data" / "MNIST" / "raw", next(iter(checksums))
+    (raw / f"{name}.{ended.pid}.part").write_bytes(b"partial")
+
+    ensure_mnist(tmp_path / "data", [], files=checksums, **offline())
+    assert raw_files(tmp_path / "data") == sorted(checksums)
+
+
 def test_default_mirrors_are_tried_after_given_ones(tmp_path, dead_default_mirror, capsys):
     given = str(tmp_path / "nowhere")
     assert main(["--root", str(tmp_path / "data"), "--mirror", given, "--retries", "0"]) == 1
