@@ -1,10 +1,13 @@
-"""The command line of main.py: its flags, their defaults, and their checks.
+"""The command line of main.py: its flags, their defaults, their checks, and the line that
+says what a run was asked to train.
 
 The model's flags come from models.py and the training step's from training.py, so the
 benchmark takes the same ones; a bad value or combination is `parser.error` (exit 2).
 """
 import argparse
 import math
+
+import torch
 
 import distributed
 from models import IMAGE_SHAPE, add_model_arguments, model_config
@@ -97,3 +100,22 @@ def parse_args(argv=None):
     if args.sample and distributed.started_by_torchrun():
         parser.error("--sample runs in one process: start it with python, not torchrun")
     return args
+
+
+def describe_run(args, model, device, precision, n_images):
+    """The line a run starts with: what it trains, where, in which precision."""
+    config, parameters = args.model_config, sum(p.numel() for p in model.parameters()) / 1e6
+    processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    nets = str(precision or torch.float32).removeprefix("torch.")
+    compiling = "; the first step compiles the training loss (a minute or two)" if args.compile else ""
+    moved = (f", each moved by up to {args.translate} pixel{'s' * (args.translate > 1)} along each axis"
+             if args.translate else "")
+    conditional = f", conditioned on the digit (in the {config['conditional']})" if config.get("conditional") else ""
+    if args.class_spread != 1 and not args.resume:  # a resumed run keeps its checkpoint's means
+        conditional += f", class means spread {args.class_spread:g} x"
+    if args.classifier_weight:
+        conditional += f", loss + {args.classifier_weight:g} x the classifier's cross-entropy"
+    conv = f" + convolutions of {config['conv_channels']} channels" if config.get("conv_channels") else ""
+    return (f"{config['model']}{conditional}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}{conv}, "
+            f"{parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
+            f"{n_images} training images{moved}{compiling}")

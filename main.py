@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import checkpoints
 import distributed
-from command_line import parse_args
+from command_line import describe_run, parse_args
 from distributed import print_once, rank, world_size
 from conditional import (LikelihoodAndClassification, label_context, log_density_by_digit, marginal_log_density,
                          same_digit_pairs)
@@ -118,7 +118,7 @@ def train(args, device):
     objective = (LikelihoodAndClassification(model, alpha, args.classifier_weight) if args.classifier_weight
                  else NegativeLogLikelihood(model, alpha))
     step = TrainingStep(objective, optimizer, precision, args.compile)
-    print_once(describe(args, model, device, precision, len(train_images)))
+    print_once(describe_run(args, model, device, precision, len(train_images)))
 
     clock = TrainingClock(run.train_seconds, device)
     losses, test_figures = TrainingLosses(device), None
@@ -220,24 +220,6 @@ def save_epoch(run, out, metrics):
     print_once(f"epoch {metrics['epoch']}: train {metrics['train_bpd']:.4f}  valid {metrics['valid_bpd']:.4f}  "
                f"test {metrics['test_bpd']:.4f} bits/dim{classified}  ({metrics['seconds']:.0f} s, "
                f"{metrics['samples_per_s']:.0f} img/s)")
-
-
-def describe(args, model, device, precision, n_images):
-    """The line a run starts with: what it trains, where, in which precision."""
-    config, parameters = args.model_config, sum(p.numel() for p in model.parameters()) / 1e6
-    processes = f" x {world_size()} processes" if world_size() > 1 else ""
-    nets = str(precision or torch.float32).removeprefix("torch.")
-    compiling = "; the first step compiles the training loss (a minute or two)" if args.compile else ""
-    moved = (f", each moved by up to {args.translate} pixel{'s' * (args.translate > 1)} along each axis"
-             if args.translate else "")
-    conditional = f", conditioned on the digit (in the {config['conditional']})" if config.get("conditional") else ""
-    if args.class_spread != 1 and not args.resume:  # a resumed run keeps its checkpoint's means
-        conditional += f", class means spread {args.class_spread:g} x"
-    if args.classifier_weight:
-        conditional += f", loss + {args.classifier_weight:g} x the classifier's cross-entropy"
-    return (f"{config['model']}{conditional}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}, "
-            f"{parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
-            f"{n_images} training images{moved}{compiling}")
 
 
 # --------------------------------------------------------------------------- evaluation in bits/dim
