@@ -9,12 +9,15 @@ itself. `alpha` is the logit squash of pixels.py: not part of the flow, but part
 density it is trained and scored on. A class-conditional flow (--conditional,
 conditional.py) has `"conditional": "prior"` (the digit moves the prior's mean) or
 `"nets"` (the coupling nets see it too) as well; an unconditional one has no such key, so
-its config and checkpoints are those of before conditioning existed.
+its config and checkpoints are those of before conditioning existed. Likewise
+`"conv_channels": C` is there only when the coupling nets have convolutional branches
+(--conv-channels, convolution.py).
 """
 import argparse
 import math
 
 from conditional import DIGITS
+from convolution import add_image_branches
 from nice import NICE
 from realnvp import RealNVP
 from spline import NeuralSplineFlow
@@ -30,6 +33,8 @@ OPTIONS = {"nice": {}, "realnvp": BETWEEN_BLOCKS, "spline": {**BETWEEN_BLOCKS, "
 DEFAULT_BLOCKS = {"nice": 8, "realnvp": 8, "spline": 4}
 # Where a conditional flow's digit enters: the prior's mean only, or the coupling nets as well.
 CONDITIONING = ("prior", "nets")
+# Keys a config has only when they are on: configs from before them stay valid.
+OPTIONAL_KEYS = ("conditional", "conv_channels")
 
 
 def add_model_arguments(parser):
@@ -43,6 +48,10 @@ def add_model_arguments(parser):
     group.add_argument("--couplings", type=int, dest="blocks", help=argparse.SUPPRESS)  # the old name of --blocks
     group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP (default: %(default)s)")
     group.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP (default: %(default)s)")
+    group.add_argument("--conv-channels", type=int, default=0, metavar="C",
+                       help="add to every coupling net a convolutional branch of C channels that sees the "
+                            "conditioning half in place on the image (convolution.py; not with --mixing; "
+                            "default: %(default)s, none)")
     group.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v (pixels.py; default: %(default)s)")
     group.add_argument("--conditional", nargs="?", const="prior", choices=CONDITIONING, metavar="WHERE",
                        help="model p(image | digit) (conditional.py), the one-hot digit moving the prior's mean "
@@ -87,22 +96,29 @@ def model_config(args, parser):
         parser.error(f"--bins must be 2 or more, got {config['bins']}")
     if "bound" in config and not (math.isfinite(config["bound"]) and config["bound"] > 0):
         parser.error(f"--bound must be a positive number, got {config['bound']}")
+    if args.conv_channels < 0:
+        parser.error(f"--conv-channels must be zero or more, got {args.conv_channels}")
+    if args.conv_channels and config.get("mixing"):
+        parser.error("--conv-channels needs each feature to stay a pixel, which --mixing blends: use the shuffles")
     if args.conditional:
         config["conditional"] = args.conditional
+    if args.conv_channels:
+        config["conv_channels"] = args.conv_channels
     return config
 
 
 def build_model(config):
     """The flow a model config describes (untrained); ValueError for an incomplete config."""
     keys = set(SHARED_KEYS) | set(OPTIONS.get(config.get("model"), {}))
-    if set(config) - {"conditional"} != keys:
+    if set(config) - set(OPTIONAL_KEYS) != keys:
         raise ValueError(f"a {config.get('model')} config has the keys {', '.join(sorted(keys))}; "
                          f"got {', '.join(sorted(config))}")
     # True: a checkpoint from before --conditional took a place, when the digit went into the nets.
     where = "nets" if config.get("conditional") is True else config.get("conditional")
     if where not in (None, *CONDITIONING):
         raise ValueError(f"a config's conditional is one of {', '.join(CONDITIONING)}; got {where!r}")
-    options = {name: value for name, value in config.items() if name not in ("model", "shape", "alpha", "conditional")}
+    options = {name: value for name, value in config.items() if name in keys - {"model", "shape", "alpha"}}
     context_features = DIGITS if where else 0  # the one-hot digit
-    return MODELS[config["model"]].build(config["shape"], **options, context_features=context_features,
+    flow = MODELS[config["model"]].build(config["shape"], **options, context_features=context_features,
                                          nets_see_context=where == "nets")
+    return add_image_branches(flow, config["conv_channels"]) if config.get("conv_channels") else flow

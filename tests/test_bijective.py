@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conditional import DIGITS, label_context
+from convolution import add_image_branches
 from flow import Composite, CouplingFlow, DiagonalScaling, Permutation, checkerboard_order, coupling_mlp
 from layers import ActNorm, LUMixing
 from nice import NICE, AdditiveCoupling
@@ -74,6 +75,12 @@ BIJECTIVES = [
     pytest.param(lambda: GivenContext(NeuralSplineFlow.build([1, 4, 4], blocks=2, hidden=16, actnorm=True, mixing=True,
                                                              context_features=DIGITS), DIGIT_3),
                  [1, 4, 4], id="conditional-spline-flow-mixing"),
+    pytest.param(lambda: add_image_branches(NeuralSplineFlow.build([1, 4, 4], blocks=2, hidden=16, actnorm=True,
+                                                                   shuffle=True), channels=4),
+                 [1, 4, 4], id="spline-flow-convolutions"),
+    pytest.param(lambda: GivenContext(add_image_branches(RealNVP.build([2, 4, 6], blocks=1, hidden=16,
+                                                                       context_features=3), channels=4), CONTEXT),
+                 [2, 4, 6], id="conditional-realnvp-convolutions"),
     # Dropout is a training-time regulariser; in eval mode the flow is a deterministic bijection.
     pytest.param(lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=16, dropout=0.5).eval(), [1, 4, 4],
                  id="realnvp-dropout-eval"),

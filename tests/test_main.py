@@ -72,9 +72,11 @@ def test_training_lowers_the_test_bits_per_dim(data_root, tmp_path):
     assert metrics[-1]["test_bpd"] < metrics[0]["test_bpd"] - 0.05, metrics
 
 
-@pytest.mark.parametrize("flags", [[], ["--mixing", "--dropout", "0.3"]], ids=["defaults", "mixing-dropout"])
+@pytest.mark.parametrize("flags", [[], ["--mixing", "--dropout", "0.3"], ["--conv-channels", "4"]],
+                         ids=["defaults", "mixing-dropout", "convolutions"])
 def test_eval_reproduces_the_logged_test_bits_per_dim(data_root, tmp_path, capsys, flags):
-    # With dropout, this holds only if evaluation runs the nets in eval mode.
+    # With dropout, this holds only if evaluation runs the nets in eval mode; with convolutions,
+    # only if the checkpoint's flow places its pixels as the trained one did.
     out = tmp_path / "run"
     assert run(data_root, out, "--epochs", "1", *flags) == 0
     logged = read_metrics(out)[-1]["test_bpd"]

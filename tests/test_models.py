@@ -4,6 +4,7 @@ import argparse
 import pytest
 from torch import nn
 
+from convolution import ImageCouplingNet
 from flow import Coupling
 from models import add_model_arguments, build_model, model_config
 from nice import NICE
@@ -47,6 +48,8 @@ def test_nice_config_holds_only_what_nice_takes():
     (["--blocks", "0"], "--blocks must be positive"),
     (["--alpha", "nan"], "--alpha must lie in (0, 0.5)"),
     (["--dropout", "1"], "--dropout must lie in [0, 1)"),
+    (["--conv-channels", "-1"], "--conv-channels must be zero or more"),
+    (["--conv-channels", "8", "--mixing"], "--conv-channels needs each feature to stay a pixel"),
 ])
 def test_a_flag_that_does_not_apply_or_is_out_of_range_is_a_one_line_error(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -78,3 +81,14 @@ def test_conditional_alone_puts_the_digit_in_the_prior_and_a_bad_placement_is_re
         build_model({**config_from("--conditional"), "conditional": "everywhere"})
     older = build_model({**config_from("--conditional"), "conditional": True})  # a checkpoint of before WHERE
     assert older.couplings_see_context and older.context_features == 10
+
+
+@pytest.mark.parametrize("model, nets_per_coupling", [("spline", 1), ("realnvp", 2), ("nice", 1)])
+def test_conv_channels_add_one_key_and_a_branch_to_every_coupling_net(model, nets_per_coupling):
+    plain = config_from("--model", model, "--blocks", "1", "--hidden", "8")
+    config = config_from("--model", model, "--blocks", "1", "--hidden", "8", "--conv-channels", "4")
+    assert config == {**plain, "conv_channels": 4}  # configs without branches are as they were
+    nets = [net for layer in build_model(config).layers if isinstance(layer, Coupling) for net in layer.children()]
+    assert len(nets) == 2 * nets_per_coupling and all(isinstance(net, ImageCouplingNet) for net in nets)
+    assert all(net.conv[0].out_channels == 4 for net in nets)
+    assert not any(isinstance(m, ImageCouplingNet) for m in build_model(plain).modules())
