@@ -22,8 +22,9 @@ changes, so the Jacobian stays block-triangular. The branch's last convolution s
 zero, so a coupling starts as its MLP alone does: the identity.
 
 The branch needs to know which pixel each feature is. The checkerboard and the shuffles
-between blocks are permutations, so `add_image_branches(flow, channels)` follows them
-through the flow and tells each coupling's nets where its halves lie. A learned mixing
+between blocks are permutations (and ActNorm acts on each feature where it is), so
+`add_image_branches(flow, channels)` follows them through the flow and gives each
+coupling's nets a branch that knows where its halves lie. A learned mixing
 (layers.LUMixing) makes each feature a blend of all the pixels, which no grid can hold.
 
 Run `python convolution.py` to see the grid a coupling's convolution sees.
@@ -32,19 +33,19 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from flow import Coupling, Permutation
-from layers import LUMixing
+from flow import Coupling, DiagonalScaling, Permutation
 
 
 class ImageCouplingNet(nn.Module):
     """mlp(c) + conv(grid(c)): a coupling net with a convolutional branch over the image.
 
     mlp: the coupling's net, condition [B, n/2 + k] -> [B, n/2 * outputs]. shape: the
-    image's [C, H, W], H and W even. channels: the convolutions' width. `place` must say
-    where the halves lie before the net runs (add_image_branches does).
+    image's [C, H, W], H and W even. channels: the convolutions' width.
+    condition_pixels, updated_pixels [n/2]: which pixel of the flattened image each
+    feature of the conditioning half and of the updated half is.
     """
 
-    def __init__(self, mlp, shape, channels, context_features=0):
+    def __init__(self, mlp, shape, channels, condition_pixels, updated_pixels, context_features=0):
         super().__init__()
         image_channels, height, width = shape
         if height % 2 or width % 2:
@@ -52,6 +53,9 @@ class ImageCouplingNet(nn.Module):
         self.mlp, self.shape, self.context_features = mlp, tuple(shape), context_features
         self.half = image_channels * height * width // 2
         last = [m for m in mlp.modules() if isinstance(m, nn.Linear)][-1]
+        if last.out_features % self.half:
+            raise ValueError(f"the MLP's {last.out_features} outputs are not a whole number per updated feature "
+                             f"({self.half})")
         self.outputs = last.out_features // self.half  # parameters per updated feature
         squeezed = 4 * (2 * image_channels + context_features)  # values, mask and context, 2 x 2 blocks
         self.conv = nn.Sequential(nn.Conv2d(squeezed, channels, 3, padding=1), nn.ReLU(),
@@ -59,15 +63,12 @@ class ImageCouplingNet(nn.Module):
                                   nn.Conv2d(channels, 4 * self.outputs * image_channels, 3, padding=1))
         nn.init.zeros_(self.conv[-1].weight)  # the branch adds nothing at first
         nn.init.zeros_(self.conv[-1].bias)
-
-    def place(self, condition_pixels, updated_pixels):
-        """Which pixel of the flattened image each conditioning and each updated feature is."""
         mask = torch.zeros(2 * self.half)
         mask[condition_pixels] = 1
-        # Not saved: the flow's layout sets them again whenever it is built.
-        self.register_buffer("condition_pixels", torch.as_tensor(condition_pixels), persistent=False)
-        self.register_buffer("updated_pixels", torch.as_tensor(updated_pixels), persistent=False)
-        self.register_buffer("mask", mask.view(1, *self.shape), persistent=False)
+        # Buffers, saved with the weights: a checkpoint keeps the layout its permutations make.
+        self.register_buffer("condition_pixels", torch.as_tensor(condition_pixels).clone())
+        self.register_buffer("updated_pixels", torch.as_tensor(updated_pixels).clone())
+        self.register_buffer("mask", mask.view(1, *self.shape))
 
     def grid(self, condition):
         """condition [B, n/2 + k] -> [B, 2C + k, H, W]: values in place, the mask, the context."""
@@ -88,22 +89,27 @@ class ImageCouplingNet(nn.Module):
 
 def add_image_branches(flow, channels):
     """Give every coupling net of a CouplingFlow over images a convolutional branch of
-    `channels` (ImageCouplingNet); returns the flow. ValueError after a learned mixing."""
+    `channels` (ImageCouplingNet), on the device and in the dtype of that net; returns the
+    flow. A ValueError, before anything changes, for a flow whose features are not all
+    pixels at some point (a learned mixing) or whose nets have branches already."""
     if len(flow.shape) != 3:
         raise ValueError(f"convolutional branches need images [C, H, W], not data of shape {list(flow.shape)}")
+    for layer in flow.layers:
+        if not isinstance(layer, (Permutation, Coupling, DiagonalScaling)):  # ActNorm is a DiagonalScaling
+            raise ValueError(f"convolutional branches need every feature to stay a pixel; {type(layer).__name__} "
+                             "blends them")
+        if any(isinstance(net, ImageCouplingNet) for net in layer.children()):
+            raise ValueError("this flow's coupling nets have convolutional branches already")
     pixels = torch.arange(flow.prior.dim)  # pixels[i]: the pixel of the image that feature i is
     for layer in flow.layers:
-        if isinstance(layer, LUMixing):
-            raise ValueError("convolutional branches need every feature to be a pixel; a learned mixing blends them")
         if isinstance(layer, Permutation):
-            pixels = pixels[layer.order]  # its output feature i is its input feature order[i]
+            pixels = pixels[layer.order.cpu()]  # its output feature i is its input feature order[i]
         elif isinstance(layer, Coupling):
             first, second = pixels[:layer.half], pixels[layer.half:]
             condition, updated = (first, second) if layer.update == "y" else (second, first)
             for name, mlp in list(layer.named_children()):
-                net = ImageCouplingNet(mlp, flow.shape, channels, layer.context_features)
-                net.place(condition, updated)
-                setattr(layer, name, net)
+                net = ImageCouplingNet(mlp, flow.shape, channels, condition, updated, layer.context_features)
+                setattr(layer, name, net.to(next(mlp.parameters())))
     return flow
 
 

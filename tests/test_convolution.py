@@ -5,6 +5,7 @@ reference is the image itself: at the start every coupling is the identity, so t
 features a coupling gets are the image's pixel values, reordered, and each one's pixel
 can be found by its value, without the bookkeeping of add_image_branches.
 """
+import pytest
 import torch
 
 from convolution import add_image_branches
@@ -40,7 +41,7 @@ def test_the_grid_holds_the_conditioning_pixels_in_place_and_hides_the_others():
     torch.manual_seed(0)
     flow = add_image_branches(RealNVP.build([2, 4, 6], blocks=3, hidden=8, shuffle=True, context_features=3), channels=4)
     x, context = torch.randn(5, 2, 4, 6), torch.randn(5, 3)
-    couplings = [layer for layer in flow.layers if isinstance(layer, Coupling)]
+    couplings, given_by_coupling = [layer for layer in flow.layers if isinstance(layer, Coupling)], []
     for layer, inputs in zip(couplings, coupling_inputs(flow, x, context)):
         condition, _ = halves(layer, inputs)
         given = torch.zeros(48)
@@ -50,9 +51,9 @@ def test_the_grid_holds_the_conditioning_pixels_in_place_and_hides_the_others():
             assert torch.equal(grid[:, 2:4], given.view(1, 2, 4, 6).expand(5, -1, -1, -1))  # the mask
             assert torch.equal(grid[:, :2], x * given.view(1, 2, 4, 6))  # values in place, the others 0
             assert torch.equal(grid[:, 4:], context[:, :, None, None].expand(-1, -1, 4, 6))
-    masks = [layer.shift_net.mask for layer in couplings]
-    for first, second in zip(masks[::2], masks[1::2]):  # the two couplings of a block see complementary halves
-        assert torch.equal(first + second, torch.ones_like(first))
+        given_by_coupling.append(given)
+    for first, second in zip(given_by_coupling[::2], given_by_coupling[1::2]):  # a block's two couplings
+        assert torch.equal(first + second, torch.ones(48))  # are given complementary halves
 
 
 def test_each_updated_pixel_is_read_from_the_convolutions_at_its_place():
@@ -77,3 +78,28 @@ def test_each_updated_pixel_is_read_from_the_convolutions_at_its_place():
         read = given.grad[0] != 0
         assert read.any() and (apart[read] <= 3).all()  # nothing from farther than the convolutions reach
         assert read[apart <= 1].all()  # and everything given close by
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: RealNVP.build([16], blocks=1, hidden=8), "need images"),
+    (lambda: RealNVP.build([1, 4, 5], blocks=1, hidden=8), "H and W must be even"),
+    (lambda: RealNVP.build([1, 4, 4], blocks=2, hidden=8, mixing=True), "LUMixing blends them"),
+    (lambda: add_image_branches(RealNVP.build([1, 4, 4], blocks=1, hidden=8), 4), "have convolutional branches already"),
+])
+def test_a_flow_that_cannot_take_branches_is_refused_and_left_as_it_was(build, message):
+    flow = build()
+    before = {name: tensor.clone() for name, tensor in flow.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        add_image_branches(flow, 4)
+    after = flow.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_branches_join_a_flow_on_its_device_and_in_its_dtype():
+    flow = add_image_branches(RealNVP.build([1, 4, 4], blocks=1, hidden=8).double(), 4)
+    assert {p.dtype for p in flow.parameters()} == {torch.float64}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_device = add_image_branches(RealNVP.build([1, 4, 4], blocks=1, hidden=8).to(device), 4)
+    assert {p.device.type for p in on_device.parameters()} == {torch.device(device).type}
+    z, logdet = on_device(torch.randn(2, 1, 4, 4, device=device))
+    assert z.device.type == logdet.device.type == torch.device(device).type
