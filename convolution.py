@@ -105,8 +105,7 @@ def add_image_branches(flow, channels):
         if isinstance(layer, Permutation):
             pixels = pixels[layer.order.cpu()]  # its output feature i is its input feature order[i]
         elif isinstance(layer, Coupling):
-            first, second = pixels[:layer.half], pixels[layer.half:]
-            condition, updated = (first, second) if layer.update == "y" else (second, first)
+            condition, updated = layer.halves(pixels)
             for name, mlp in list(layer.named_children()):
                 net = ImageCouplingNet(mlp, flow.shape, channels, condition, updated, layer.context_features)
                 setattr(layer, name, net.to(next(mlp.parameters())))

@@ -138,13 +138,15 @@ class Coupling(Flow):
                 f"{type(self).__name__} expects [batch, {self.features}], got {list(inputs.shape)}"
             )
         check_context(context, self.context_features, inputs, type(self).__name__)
-        # One split, whose gradient is one cat (two slices would each need a zero-filled copy).
-        first, second = inputs.split(self.half, dim=1)
-        if self.update == "y":
-            second, logdet = transform(second, with_context(first, context))
-        else:
-            first, logdet = transform(first, with_context(second, context))
-        return torch.cat([first, second], dim=1), logdet
+        kept, half = self.halves(inputs)
+        half, logdet = transform(half, with_context(kept, context))
+        return torch.cat([kept, half] if self.update == "y" else [half, kept], dim=1), logdet
+
+    def halves(self, features):
+        """(kept half, updated half) of features [..., n], split along the last dimension.
+        One split, whose gradient is one cat (two slices would each need a zero-filled copy)."""
+        first, second = features.split(self.half, dim=-1)
+        return (first, second) if self.update == "y" else (second, first)
 
     def couple(self, half, condition):
         raise NotImplementedError
