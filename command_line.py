@@ -2,7 +2,7 @@
 says what a run was asked to train.
 
 The model's flags come from models.py and the training step's from training.py, so the
-benchmark takes the same ones; a bad value or combination is `parser.error` (exit 2).
+benchmark takes the same ones; a bad value or combination is `parser.error`: one line, exit 2.
 """
 import argparse
 import math
@@ -19,9 +19,17 @@ CLASSIFIER_WEIGHT = 3.0
 CLASS_SPREAD = 1.5
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, like main.py's others, instead of the usage first."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; python {self.prog} --help lists the flags\n")
+
+
 def parse_args(argv=None):
     """main.py's flags from `argv` (default: sys.argv), checked; `args.model_config` is the model's config."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
+        prog="main.py",
         description="Train a normalizing flow (RealNVP, NICE or spline couplings) on MNIST and report test bits/dim.")
     add_model_arguments(parser)
     training = add_step_arguments(parser)  # the step's flags: --batch-size, --lr, --precision, ...

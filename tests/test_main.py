@@ -403,7 +403,8 @@ def test_bad_flags_exit_with_status_2(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(flags)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error.startswith("main.py: error: ") and message in error and len(error.strip().splitlines()) == 1, error
 
 
 def test_help_states_each_default_once_and_never_as_none(capsys):
