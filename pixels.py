@@ -3,7 +3,7 @@
 An MNIST image is D = 28*28 integers k in {0..255}. A density on integers means nothing,
 so the flow models a continuous version of the image instead (as in the RealNVP paper):
 
-  1. dequantize:  v = (k + u) / 256,  u ~ U(0, 1)^D        (fresh noise every time)
+  1. dequantize:  v = (k + u) / 256,  u ~ U(0, 1)^D        (fresh noise every training step)
   2. squash:      s = a + (1 - 2a) v,  y = logit(s) = log s - log(1 - s)
   3. the flow models y; the change of variables gives the density of v:
          log p(v) = log p_flow(y) + sum_i [log(1 - 2a) - log s_i - log(1 - s_i)]
@@ -53,6 +53,7 @@ def translate_images(images, pixels):
     image_index = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
     channel_index = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
     return padded[image_index, channel_index, rows, cols]  # [B, C, H, W]
+
 
 def logit_to_pixels(y, alpha):
     """The inverse of the squash: y -> v in [0, 1], for pictures."""
