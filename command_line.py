@@ -48,6 +48,9 @@ def parse_args(argv=None):
                                f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
                                "0 for nets, where it would cost ten passes of the flow an image; the train bits/dim "
                                "then count it too)")
+    training.add_argument("--classifier-margin", type=float, default=0.0, metavar="M",
+                          help="with --classifier-weight: the cross-entropy keeps paying until the right digit's "
+                               "log p(x | d) beats every other's by M nats (conditional.py; default: %(default)g)")
     training.add_argument("--class-spread", type=float, default=None, metavar="S",
                           help="with --conditional: the prior's class means start S times the mean latent of each "
                                f"digit's images (prior.py; default {CLASS_SPREAD:g} for --conditional prior, 1 for nets), "
@@ -93,6 +96,11 @@ def parse_args(argv=None):
             parser.error(f"{name} applies to a conditional flow: give --conditional too")
         elif not (math.isfinite(value) and allowed(value)):
             parser.error(f"{name} must be {rule}, got {value}")
+    if not (math.isfinite(args.classifier_margin) and args.classifier_margin >= 0):
+        parser.error(f"--classifier-margin must be zero or more, got {args.classifier_margin}")
+    if args.classifier_margin and not args.classifier_weight:
+        parser.error("--classifier-margin shapes the classifier's cross-entropy: give --conditional with a "
+                     "--classifier-weight above 0 too")
     if not 0 <= args.translate < min(IMAGE_SHAPE[1:]):
         parser.error(f"--translate must lie in 0..{min(IMAGE_SHAPE[1:]) - 1} pixels, got {args.translate}")
     if args.epochs < 0:
@@ -123,6 +131,8 @@ def describe_run(args, model, device, precision, n_images):
         conditional += f", class means spread {args.class_spread:g} x"
     if args.classifier_weight:
         conditional += f", loss + {args.classifier_weight:g} x the classifier's cross-entropy"
+        if args.classifier_margin:
+            conditional += f" with a margin of {args.classifier_margin:g} nats"
     conv = f" + convolutions of {config['conv_channels']} channels" if config.get("conv_channels") else ""
     return (f"{config['model']}{conditional}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}{conv}, "
             f"{parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "

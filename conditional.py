@@ -68,25 +68,31 @@ def log_density_by_digit(flow, images, alpha, generator=None):
 
 
 class LikelihoodAndClassification(nn.Module):
-    """The hybrid loss: -mean log p(v | d) over a batch plus `weight` times the mean
-    cross-entropy of the Bayes classifier p(d | v) = softmax_d log p(v | d):
+    """The hybrid loss: -mean log p(v | d) over a batch plus `weight` W times the mean
+    cross-entropy of the Bayes classifier p(d | v) = softmax_d log p(v | d), in which every
+    wrong digit's score is raised by a `margin` of M nats:
 
-        loss = -1/B sum_b [log p(v_b | d_b) + weight * log p(d_b | v_b)]
+        loss = 1/B sum_b [-log p(v_b | d_b) + W * log(1 + sum_{d != d_b} exp(M + l_bd - l_bb))]
 
-    Likelihood alone pays at most log 10 nats an image for telling the digits apart; the
-    second term pays for it directly. Where only the prior sees the digit, the ten
-    log p(v | d) of an image cost one pass of the flow, so the term costs almost nothing.
+    with l_bd = log p(v_b | d). For M = 0 the second term is -log p(d_b | v_b). Likelihood
+    alone pays at most log 10 nats an image for telling the digits apart; the second term
+    pays for it directly. With M > 0 it keeps paying until the right digit wins by M nats,
+    like a support vector machine's margin: it pushes the images that are right by a little
+    and leaves those right by far alone. The classifier (argmax_d l_bd) and the density do not
+    change. Where only the prior sees the digit, the ten log p(v | d) of an image cost one
+    pass of the flow, so the term costs almost nothing.
     """
 
-    def __init__(self, flow, alpha, weight):
+    def __init__(self, flow, alpha, weight, margin=0.0):
         super().__init__()
-        self.flow, self.alpha, self.weight = flow, alpha, weight
+        self.flow, self.alpha, self.weight, self.margin = flow, alpha, weight, margin
 
     def forward(self, images, context):
         by_digit = log_density_by_digit(self.flow, images, self.alpha)  # [B, 10]
         labels = context.argmax(1)
         log_p = by_digit.gather(1, labels.unsqueeze(1)).squeeze(1)
-        return -log_p.mean() + self.weight * functional.cross_entropy(by_digit, labels)
+        scores = by_digit + self.margin * (1 - context)  # the wrong digits' l_bd raised by M
+        return -log_p.mean() + self.weight * functional.cross_entropy(scores, labels)
 
 
 def marginal_log_density(log_p_by_class):

@@ -17,7 +17,8 @@ seconds), latest.pt and best.pt. Ctrl-C or SIGTERM saves latest.pt (checkpoints.
 
 With --conditional the flow models p(image | digit) (conditional.py): the same bits/dim,
 given each image's label, and a loss that adds --classifier-weight times the cross-entropy
-of classifying each image by likelihood. After the last epoch the test split is also scored
+of classifying each image by likelihood (with --classifier-margin, until it is right by a
+margin). After the last epoch the test split is also scored
 by the marginal bits/dim and the accuracy of that classifier.
 """
 import math
@@ -115,8 +116,8 @@ def train(args, device):
     # The loss, -mean log p(v) (pixels.py), and one step on it: backward, clip, AdamW (training.py).
     # With --classifier-weight, the loss also pays for classifying each image right (conditional.py).
     precision = pick_precision(args.precision, device)
-    objective = (LikelihoodAndClassification(model, alpha, args.classifier_weight) if args.classifier_weight
-                 else NegativeLogLikelihood(model, alpha))
+    objective = (LikelihoodAndClassification(model, alpha, args.classifier_weight, args.classifier_margin)
+                 if args.classifier_weight else NegativeLogLikelihood(model, alpha))
     step = TrainingStep(objective, optimizer, precision, args.compile)
     print_once(describe_run(args, model, device, precision, len(train_images)))
 

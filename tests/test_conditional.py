@@ -42,18 +42,26 @@ def test_the_ten_densities_of_an_image_are_its_density_given_each_digit(nets_see
     assert (by_digit.max(1).values - by_digit.min(1).values).min() > 1e-2  # the digit changes the density
 
 
+@pytest.mark.parametrize("margin", [0.0, 4.0], ids=["no margin", "a margin"])
 @pytest.mark.parametrize("nets_see_context", [False, True], ids=["prior only", "nets and prior"])
-def test_the_hybrid_loss_is_the_likelihood_plus_the_classifiers_cross_entropy(nets_see_context):
+def test_the_hybrid_loss_is_the_likelihood_plus_the_classifiers_cross_entropy(nets_see_context, margin):
     flow, (images, labels) = random_conditional_flow(nets_see_context), images_and_labels()
     torch.manual_seed(3)
-    loss = LikelihoodAndClassification(flow, 1e-6, weight=2.5)(images, label_context(labels))
+    loss = LikelihoodAndClassification(flow, 1e-6, weight=2.5, margin=margin)(images, label_context(labels))
     torch.manual_seed(3)  # the same dequantization noise
     y, logdet = dequantize_and_logit(images, 1e-6)
     by_digit = torch.stack([flow.logProbability(y, label_context(torch.full((6,), digit))) + logdet
                             for digit in range(DIGITS)], dim=1)
     log_p = by_digit[torch.arange(6), labels]
-    classifier = torch.distributions.Categorical(logits=by_digit)  # p(d | x) by Bayes' rule, p(d) = 1/10
-    expected = -log_p.mean() - 2.5 * classifier.log_prob(labels).mean()
+    if margin == 0:
+        classifier = torch.distributions.Categorical(logits=by_digit)  # p(d | x) by Bayes' rule, p(d) = 1/10
+        cross_entropy = -classifier.log_prob(labels)
+    else:  # log(1 + sum over the wrong digits d of exp(M + l_d - l_label)), written out
+        cross_entropy = torch.stack([
+            torch.log(1 + sum(torch.exp(margin + by_digit[b, d] - log_p[b]) for d in range(DIGITS) if d != labels[b]))
+            for b in range(6)])
+        assert (cross_entropy > -torch.distributions.Categorical(logits=by_digit).log_prob(labels)).all()
+    expected = -log_p.mean() + 2.5 * cross_entropy.mean()
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-3)
 
 
