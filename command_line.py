@@ -48,9 +48,9 @@ def parse_args(argv=None):
                                f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
                                "0 for nets, where it would cost ten passes of the flow an image; the train bits/dim "
                                "then count it too)")
-    training.add_argument("--classifier-margin", type=float, default=0.0, metavar="M",
+    training.add_argument("--classifier-margin", type=float, default=None, metavar="M",
                           help="with --classifier-weight: the cross-entropy keeps paying until the right digit's "
-                               "log p(x | d) beats every other's by M nats (conditional.py; default: %(default)g)")
+                               "log p(x | d) beats every other's by M nats (conditional.py; default 0)")
     training.add_argument("--class-spread", type=float, default=None, metavar="S",
                           help="with --conditional: the prior's class means start S times the mean latent of each "
                                f"digit's images (prior.py; default {CLASS_SPREAD:g} for --conditional prior, 1 for nets), "
@@ -88,6 +88,7 @@ def parse_args(argv=None):
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     for flag, tuned, neutral, allowed, rule in (
             ("classifier_weight", CLASSIFIER_WEIGHT, 0.0, lambda value: value >= 0, "zero or more"),
+            ("classifier_margin", 0.0, 0.0, lambda value: value >= 0, "zero or more"),
             ("class_spread", CLASS_SPREAD, 1.0, lambda value: value > 0, "a positive number")):
         value, name = getattr(args, flag), "--" + flag.replace("_", "-")
         if value is None:
@@ -96,11 +97,8 @@ def parse_args(argv=None):
             parser.error(f"{name} applies to a conditional flow: give --conditional too")
         elif not (math.isfinite(value) and allowed(value)):
             parser.error(f"{name} must be {rule}, got {value}")
-    if not (math.isfinite(args.classifier_margin) and args.classifier_margin >= 0):
-        parser.error(f"--classifier-margin must be zero or more, got {args.classifier_margin}")
     if args.classifier_margin and not args.classifier_weight:
-        parser.error("--classifier-margin shapes the classifier's cross-entropy: give --conditional with a "
-                     "--classifier-weight above 0 too")
+        parser.error("--classifier-margin shapes the classifier's cross-entropy: give a --classifier-weight above 0 too")
     if not 0 <= args.translate < min(IMAGE_SHAPE[1:]):
         parser.error(f"--translate must lie in 0..{min(IMAGE_SHAPE[1:]) - 1} pixels, got {args.translate}")
     if args.epochs < 0:
