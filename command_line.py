@@ -13,10 +13,13 @@ import distributed
 from models import IMAGE_SHAPE, add_model_arguments, model_config
 from training import add_step_arguments, check_step_arguments
 
-# --conditional prior's defaults for the two flags below, chosen by the runs in docs/results.md;
-# --conditional nets (and an unconditional flow) keep the neutral values, 0 and 1.
+# --conditional prior's defaults for the four flags below (and models.py's for its convolutional
+# branches), chosen by the runs in docs/results.md; --conditional nets (and an unconditional flow)
+# keep the neutral values, 0, 0, 1 and 0.
 CLASSIFIER_WEIGHT = 3.0
+CLASSIFIER_MARGIN = 30.0
 CLASS_SPREAD = 1.5
+TRANSLATE = 1
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -38,11 +41,11 @@ def parse_args(argv=None):
                           help="stop training once this much wall time has passed (the evaluations between epochs "
                                "included), then evaluate and save as at an epoch's end")
     training.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    training.add_argument("--translate", type=int, default=0, metavar="PIXELS",
+    training.add_argument("--translate", type=int, default=None, metavar="PIXELS",
                           help="augment: move each training image, each time it is trained on, by a random whole "
                                "number of pixels from -PIXELS to PIXELS along each axis, filling in black; the "
                                "validation and test splits are scored unmoved; give it again with --resume "
-                               "(default: %(default)s, off)")
+                               f"(default: {TRANSLATE} for --conditional prior, else 0, off)")
     training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
                           help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
                                f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
@@ -50,7 +53,8 @@ def parse_args(argv=None):
                                "then count it too)")
     training.add_argument("--classifier-margin", type=float, default=None, metavar="M",
                           help="with --classifier-weight: the cross-entropy keeps paying until the right digit's "
-                               "log p(x | d) beats every other's by M nats (conditional.py; default 0)")
+                               "log p(x | d) beats every other's by M nats (conditional.py; default "
+                               f"{CLASSIFIER_MARGIN:g} for --conditional prior, 0 for nets)")
     training.add_argument("--class-spread", type=float, default=None, metavar="S",
                           help="with --conditional: the prior's class means start S times the mean latent of each "
                                f"digit's images (prior.py; default {CLASS_SPREAD:g} for --conditional prior, 1 for nets), "
@@ -86,9 +90,10 @@ def parse_args(argv=None):
     for flag in ("n", "pairs"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    margin_given = args.classifier_margin is not None
     for flag, tuned, neutral, allowed, rule in (
             ("classifier_weight", CLASSIFIER_WEIGHT, 0.0, lambda value: value >= 0, "zero or more"),
-            ("classifier_margin", 0.0, 0.0, lambda value: value >= 0, "zero or more"),
+            ("classifier_margin", CLASSIFIER_MARGIN, 0.0, lambda value: value >= 0, "zero or more"),
             ("class_spread", CLASS_SPREAD, 1.0, lambda value: value > 0, "a positive number")):
         value, name = getattr(args, flag), "--" + flag.replace("_", "-")
         if value is None:
@@ -97,8 +102,10 @@ def parse_args(argv=None):
             parser.error(f"{name} applies to a conditional flow: give --conditional too")
         elif not (math.isfinite(value) and allowed(value)):
             parser.error(f"{name} must be {rule}, got {value}")
-    if args.classifier_margin and not args.classifier_weight:
+    if margin_given and args.classifier_margin and not args.classifier_weight:
         parser.error("--classifier-margin shapes the classifier's cross-entropy: give a --classifier-weight above 0 too")
+    if args.translate is None:
+        args.translate = TRANSLATE if args.conditional == "prior" else 0
     if not 0 <= args.translate < min(IMAGE_SHAPE[1:]):
         parser.error(f"--translate must lie in 0..{min(IMAGE_SHAPE[1:]) - 1} pixels, got {args.translate}")
     if args.epochs < 0:

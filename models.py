@@ -33,6 +33,9 @@ OPTIONS = {"nice": {}, "realnvp": BETWEEN_BLOCKS, "spline": {**BETWEEN_BLOCKS, "
 DEFAULT_BLOCKS = {"nice": 8, "realnvp": 8, "spline": 4}
 # Where a conditional flow's digit enters: the prior's mean only, or the coupling nets as well.
 CONDITIONING = ("prior", "nets")
+# --conditional prior's convolutional branches by default (without --mixing, which they cannot
+# take): its classifier learns faster with them; docs/results.md has the runs that chose it.
+CONDITIONAL_CONV_CHANNELS = 32
 # Keys a config has only when they are on: configs from before them stay valid.
 OPTIONAL_KEYS = ("conditional", "conv_channels")
 
@@ -48,10 +51,11 @@ def add_model_arguments(parser):
     group.add_argument("--couplings", type=int, dest="blocks", help=argparse.SUPPRESS)  # the old name of --blocks
     group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP (default: %(default)s)")
     group.add_argument("--depth", type=int, default=2, help="hidden layers of each coupling MLP (default: %(default)s)")
-    group.add_argument("--conv-channels", type=int, default=0, metavar="C",
+    group.add_argument("--conv-channels", type=int, default=None, metavar="C",
                        help="add to every coupling net a convolutional branch of C channels that sees the "
                             "conditioning half in place on the image (convolution.py; not with --mixing; "
-                            "default: %(default)s, none)")
+                            f"default: {CONDITIONAL_CONV_CHANNELS} for --conditional prior without --mixing, "
+                            "else 0, none)")
     group.add_argument("--alpha", type=float, default=1e-6, help="logit squash: s = a + (1 - 2a) v (pixels.py; default: %(default)s)")
     group.add_argument("--conditional", nargs="?", const="prior", choices=CONDITIONING, metavar="WHERE",
                        help="model p(image | digit) (conditional.py), the one-hot digit moving the prior's mean "
@@ -96,14 +100,17 @@ def model_config(args, parser):
         parser.error(f"--bins must be 2 or more, got {config['bins']}")
     if "bound" in config and not (math.isfinite(config["bound"]) and config["bound"] > 0):
         parser.error(f"--bound must be a positive number, got {config['bound']}")
-    if args.conv_channels < 0:
-        parser.error(f"--conv-channels must be zero or more, got {args.conv_channels}")
-    if args.conv_channels and config.get("mixing"):
+    conv_channels = args.conv_channels
+    if conv_channels is None:
+        conv_channels = CONDITIONAL_CONV_CHANNELS if args.conditional == "prior" and not config.get("mixing") else 0
+    if conv_channels < 0:
+        parser.error(f"--conv-channels must be zero or more, got {conv_channels}")
+    if conv_channels and config.get("mixing"):
         parser.error("--conv-channels needs each feature to stay a pixel, which --mixing blends: use the shuffles")
     if args.conditional:
         config["conditional"] = args.conditional
-    if args.conv_channels:
-        config["conv_channels"] = args.conv_channels
+    if conv_channels:
+        config["conv_channels"] = conv_channels
     return config
 
 

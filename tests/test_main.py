@@ -13,6 +13,7 @@ import checkpoints
 import command_line
 import download_mnist
 import main
+import models
 import pixels
 import training
 from conditional import DIGITS, label_context
@@ -161,11 +162,31 @@ def digit_data_root(tmp_path_factory):
     return root
 
 
-def test_the_classifiers_weight_in_the_loss_defaults_to_3_where_only_the_prior_sees_the_digit():
+def test_the_classifiers_weight_and_margin_in_the_loss_default_to_3_and_30_where_only_the_prior_sees_the_digit():
     weight = lambda *flags: main.parse_args(list(flags)).classifier_weight
     assert weight("--conditional") == weight("--conditional", "prior") == command_line.CLASSIFIER_WEIGHT == 3
     assert weight() == weight("--conditional", "nets") == 0  # in the nets it would cost ten flow passes an image
     assert weight("--conditional", "nets", "--classifier-weight", "2") == 2
+    margin = lambda *flags: main.parse_args(list(flags)).classifier_margin
+    assert margin("--conditional") == command_line.CLASSIFIER_MARGIN == 30
+    assert margin() == margin("--conditional", "nets") == 0
+    # Without the classifier the default margin has nothing to shape, and is no error.
+    assert main.parse_args(["--conditional", "--classifier-weight", "0"]).classifier_weight == 0
+
+
+def test_the_coupling_nets_default_to_convolutional_branches_where_only_the_prior_sees_the_digit():
+    branches = lambda *flags: main.parse_args(list(flags)).model_config.get("conv_channels", 0)
+    assert branches("--conditional") == models.CONDITIONAL_CONV_CHANNELS == 32
+    assert branches() == branches("--conditional", "nets") == branches("--conditional", "--conv-channels", "0") == 0
+    assert branches("--conditional", "--mixing") == 0  # the branches cannot take a learned mixing
+    assert branches("--conditional", "--conv-channels", "8") == 8
+
+
+def test_training_images_move_by_a_pixel_by_default_where_only_the_prior_sees_the_digit():
+    translate = lambda *flags: main.parse_args(list(flags)).translate
+    assert translate("--conditional") == command_line.TRANSLATE == 1
+    assert translate() == translate("--conditional", "nets") == translate("--conditional", "--translate", "0") == 0
+    assert translate("--translate", "2") == 2
 
 
 def test_the_class_means_start_spread_where_only_the_prior_sees_the_digit():

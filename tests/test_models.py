@@ -6,7 +6,7 @@ from torch import nn
 
 from convolution import ImageCouplingNet
 from flow import Coupling
-from models import add_model_arguments, build_model, model_config
+from models import CONDITIONAL_CONV_CHANNELS, add_model_arguments, build_model, model_config
 from nice import NICE
 from realnvp import RealNVP
 
@@ -64,7 +64,8 @@ def test_a_flag_that_does_not_apply_or_is_out_of_range_is_a_one_line_error(flags
 def test_conditional_adds_one_key_and_feeds_the_digit_where_it_says(model, where, nets_context):
     unconditional = config_from("--model", model, "--blocks", "1", "--hidden", "8")
     conditional = config_from("--model", model, "--blocks", "1", "--hidden", "8", "--conditional", where)
-    assert conditional == {**unconditional, "conditional": where}  # unconditional configs are as they were
+    branches = {"conv_channels": CONDITIONAL_CONV_CHANNELS} if where == "prior" else {}  # the prior's default
+    assert conditional == {**unconditional, "conditional": where, **branches}  # unconditional configs are as they were
     flow = build_model(conditional)
     assert flow.context_features == 10 and build_model(unconditional).context_features == 0
     assert flow.prior.context_features == 10 and flow.couplings_see_context == (where == "nets")
