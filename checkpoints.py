@@ -53,7 +53,8 @@ class Run:
         the optimizer's settings (learning rate, weight decay) stay this run's."""
         state = load(path)
         if state["model_config"] != self.config:
-            raise CheckpointError(f"{path} holds a different model: {state['model_config']}")
+            raise CheckpointError(f"{path} holds a different model: {state['model_config']}; this run's flags "
+                                  f"ask for {self.config}")
         load_weights(self.model, state, path)
         settings = [{key: value for key, value in group.items() if key != "params"}
                     for group in self.optimizer.param_groups]

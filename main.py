@@ -18,9 +18,10 @@ seconds), latest.pt and best.pt. Ctrl-C or SIGTERM saves latest.pt (checkpoints.
 With --conditional the flow models p(image | digit) (conditional.py): the same bits/dim,
 given each image's label, and a loss that adds --classifier-weight times the cross-entropy
 of classifying each image by likelihood (with --classifier-margin, until it is right by a
-margin; its defaults also give the coupling nets convolutional branches and move the
-training images by up to a pixel: command_line.py). After the last epoch the test split is
-also scored by the marginal bits/dim and the accuracy of that classifier.
+margin). --conditional's defaults also give the coupling nets convolutional branches and
+move the training images by up to a pixel (command_line.py, models.py). After the last
+epoch the test split is also scored by the marginal bits/dim and the accuracy of that
+classifier.
 """
 import math
 import signal

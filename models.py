@@ -34,7 +34,8 @@ DEFAULT_BLOCKS = {"nice": 8, "realnvp": 8, "spline": 4}
 # Where a conditional flow's digit enters: the prior's mean only, or the coupling nets as well.
 CONDITIONING = ("prior", "nets")
 # --conditional prior's convolutional branches by default (without --mixing, which they cannot
-# take): its classifier learns faster with them; docs/results.md has the runs that chose it.
+# take): they win back the marginal bits/dim that the classifier's margin costs the MLPs;
+# docs/results.md has the runs that chose it.
 CONDITIONAL_CONV_CHANNELS = 32
 # Keys a config has only when they are on: configs from before them stay valid.
 OPTIONAL_KEYS = ("conditional", "conv_channels")
