@@ -52,9 +52,12 @@ class Run:
         """Weights, AdamW's moments, random state and progress from the checkpoint at `path`;
         the optimizer's settings (learning rate, weight decay) stay this run's."""
         state = load(path)
-        if state["model_config"] != self.config:
-            raise CheckpointError(f"{path} holds a different model: {state['model_config']}; this run's flags "
-                                  f"ask for {self.config}")
+        saved = state["model_config"]
+        if saved != self.config:
+            differences = "; ".join(f"{key} {saved.get(key)} there, {self.config.get(key)} in this run's flags"
+                                    for key in sorted(saved.keys() | self.config.keys())
+                                    if saved.get(key) != self.config.get(key))
+            raise CheckpointError(f"{path} holds a different model: {differences}")
         load_weights(self.model, state, path)
         settings = [{key: value for key, value in group.items() if key != "params"}
                     for group in self.optimizer.param_groups]

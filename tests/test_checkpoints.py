@@ -24,6 +24,17 @@ def test_save_then_load_rebuilds_the_same_model(tmp_path):
     assert all(torch.equal(value, state["model"][name]) for name, value in model.state_dict().items())
 
 
+def test_resuming_a_different_model_names_what_differs(tmp_path):
+    checkpoints.save(tmp_path / "latest.pt", complete_state())
+    config = {**CONFIG, "hidden": 16, "conv_channels": 4}
+    model = build_model(config)
+    run = checkpoints.Run(config, {}, model, torch.optim.AdamW(model.parameters()), torch.Generator())
+    with pytest.raises(CheckpointError) as error:
+        run.restore(tmp_path / "latest.pt")
+    assert str(error.value).endswith("holds a different model: conv_channels None there, 4 in this run's flags; "
+                                     "hidden 8 there, 16 in this run's flags")
+
+
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "latest.pt"
     checkpoints.save(path, complete_state(epoch=1))

@@ -162,38 +162,41 @@ def digit_data_root(tmp_path_factory):
     return root
 
 
+def parsed(*flags):
+    return main.parse_args(list(flags))
+
+
 def test_the_classifiers_weight_and_margin_in_the_loss_default_to_3_and_30_where_only_the_prior_sees_the_digit():
-    weight = lambda *flags: main.parse_args(list(flags)).classifier_weight
-    assert weight("--conditional") == weight("--conditional", "prior") == command_line.CLASSIFIER_WEIGHT == 3
-    assert weight() == weight("--conditional", "nets") == 0  # in the nets it would cost ten flow passes an image
-    assert weight("--conditional", "nets", "--classifier-weight", "2") == 2
-    margin = lambda *flags: main.parse_args(list(flags)).classifier_margin
-    assert margin("--conditional") == command_line.CLASSIFIER_MARGIN == 30
-    assert margin() == margin("--conditional", "nets") == 0
+    assert parsed("--conditional").classifier_weight == parsed("--conditional", "prior").classifier_weight == 3
+    assert command_line.CLASSIFIER_WEIGHT == 3
+    # in the nets it would cost ten flow passes an image
+    assert parsed().classifier_weight == parsed("--conditional", "nets").classifier_weight == 0
+    assert parsed("--conditional", "nets", "--classifier-weight", "2").classifier_weight == 2
+    assert parsed("--conditional").classifier_margin == command_line.CLASSIFIER_MARGIN == 30
+    assert parsed().classifier_margin == parsed("--conditional", "nets").classifier_margin == 0
     # Without the classifier the default margin has nothing to shape, and is no error.
-    assert main.parse_args(["--conditional", "--classifier-weight", "0"]).classifier_weight == 0
+    assert parsed("--conditional", "--classifier-weight", "0").classifier_weight == 0
 
 
 def test_the_coupling_nets_default_to_convolutional_branches_where_only_the_prior_sees_the_digit():
-    branches = lambda *flags: main.parse_args(list(flags)).model_config.get("conv_channels", 0)
-    assert branches("--conditional") == models.CONDITIONAL_CONV_CHANNELS == 32
-    assert branches() == branches("--conditional", "nets") == branches("--conditional", "--conv-channels", "0") == 0
-    assert branches("--conditional", "--mixing") == 0  # the branches cannot take a learned mixing
-    assert branches("--conditional", "--conv-channels", "8") == 8
+    branches = [parsed(*flags).model_config.get("conv_channels", 0) for flags in (
+        ["--conditional"], [], ["--conditional", "nets"], ["--conditional", "--conv-channels", "0"],
+        ["--conditional", "--mixing"],  # the branches cannot take a learned mixing
+        ["--conditional", "--conv-channels", "8"])]
+    assert branches == [models.CONDITIONAL_CONV_CHANNELS, 0, 0, 0, 0, 8] and models.CONDITIONAL_CONV_CHANNELS == 32
 
 
 def test_training_images_move_by_a_pixel_by_default_where_only_the_prior_sees_the_digit():
-    translate = lambda *flags: main.parse_args(list(flags)).translate
-    assert translate("--conditional") == command_line.TRANSLATE == 1
-    assert translate() == translate("--conditional", "nets") == translate("--conditional", "--translate", "0") == 0
-    assert translate("--translate", "2") == 2
+    moves = [parsed(*flags).translate for flags in (
+        ["--conditional"], [], ["--conditional", "nets"], ["--conditional", "--translate", "0"], ["--translate", "2"])]
+    assert moves == [command_line.TRANSLATE, 0, 0, 0, 2] and command_line.TRANSLATE == 1
 
 
 def test_the_class_means_start_spread_where_only_the_prior_sees_the_digit():
-    spread = lambda *flags: main.parse_args(list(flags)).class_spread
-    assert spread("--conditional") == spread("--conditional", "prior") == command_line.CLASS_SPREAD == 1.5
-    assert spread() == spread("--conditional", "nets") == 1  # the nets' runs were measured without it
-    assert spread("--conditional", "nets", "--class-spread", "2") == 2
+    assert parsed("--conditional").class_spread == parsed("--conditional", "prior").class_spread == 1.5
+    assert command_line.CLASS_SPREAD == 1.5
+    assert parsed().class_spread == parsed("--conditional", "nets").class_spread == 1  # the nets' runs were measured without it
+    assert parsed("--conditional", "nets", "--class-spread", "2").class_spread == 2
 
 
 def test_a_run_with_translate_trains_on_moved_images(data_root, tmp_path, monkeypatch, capsys):
