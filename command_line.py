@@ -16,7 +16,7 @@ from training import add_step_arguments, check_step_arguments
 # --conditional prior's defaults for the four flags below (and models.py's for its convolutional
 # branches), chosen by the runs in docs/results.md; --conditional nets (and an unconditional flow)
 # keep the neutral values, 0, 0, 1 and 0.
-CLASSIFIER_WEIGHT = 3.0
+CLASSIFIER_WEIGHT = 6.0
 CLASSIFIER_MARGIN = 30.0
 CLASS_SPREAD = 1.5
 TRANSLATE = 1

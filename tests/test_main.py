@@ -166,9 +166,9 @@ def parsed(*flags):
     return main.parse_args(list(flags))
 
 
-def test_the_classifiers_weight_and_margin_in_the_loss_default_to_3_and_30_where_only_the_prior_sees_the_digit():
-    assert parsed("--conditional").classifier_weight == parsed("--conditional", "prior").classifier_weight == 3
-    assert command_line.CLASSIFIER_WEIGHT == 3
+def test_the_classifiers_weight_and_margin_in_the_loss_default_to_6_and_30_where_only_the_prior_sees_the_digit():
+    assert parsed("--conditional").classifier_weight == parsed("--conditional", "prior").classifier_weight == 6
+    assert command_line.CLASSIFIER_WEIGHT == 6
     # in the nets it would cost ten flow passes an image
     assert parsed().classifier_weight == parsed("--conditional", "nets").classifier_weight == 0
     assert parsed("--conditional", "nets", "--classifier-weight", "2").classifier_weight == 2
