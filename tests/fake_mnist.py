@@ -1,39 +1,11 @@
-"""Small fake MNIST files and a local HTTP server, for offline tests.
-
-The fake files have the real names and the real idx format (see
-download_mnist.py) but only a few hundred random images, so tests run fast and
-never need the network. Everything is deterministic for a given seed.
-"""
-
-import functools
+"""Small fake MNIST files: the real names and idx format (see download_mnist.py), a few
+hundred random images, the same for a given seed."""
 import gzip
 import hashlib
 import struct
-import threading
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-
-IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
-
-
-def write_idx_images(path, images):
-    """Write a uint8 array [N, 28, 28] as an uncompressed idx image file."""
-    Path(path).write_bytes(_idx_bytes(images, IMAGE_MAGIC))
-
-
-def write_idx_labels(path, labels):
-    """Write a uint8 array [N] as an uncompressed idx label file."""
-    Path(path).write_bytes(_idx_bytes(labels, LABEL_MAGIC))
-
-
-def _idx_bytes(array, magic):
-    """Big-endian header (magic number, then each dimension) + the bytes."""
-    array = np.asarray(array, dtype=np.uint8)
-    header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
-    return header + array.tobytes()
 
 
 def fake_mnist_arrays(n_train=300, n_test=100, seed=0, ink_by_label=False):
@@ -59,81 +31,34 @@ def fake_mnist_arrays(n_train=300, n_test=100, seed=0, ink_by_label=False):
     return arrays
 
 
-def _fake_files(n_train, n_test, seed, ink_by_label=False):
-    """{MNIST file name: its uncompressed idx content}."""
+def fake_mnist_files(n_train=300, n_test=100, seed=0, ink_by_label=False):
+    """{MNIST file name: its idx content}: magic number (2051 images, 2049 labels), sizes, bytes."""
     arrays = fake_mnist_arrays(n_train, n_test, seed, ink_by_label)
     files = {}
     for prefix, split in (("train", "train"), ("t10k", "test")):
-        images, labels = arrays[split]
-        files[f"{prefix}-images-idx3-ubyte"] = _idx_bytes(images, IMAGE_MAGIC)
-        files[f"{prefix}-labels-idx1-ubyte"] = _idx_bytes(labels, LABEL_MAGIC)
+        for kind, magic, array in zip(("images-idx3", "labels-idx1"), (2051, 2049), arrays[split]):
+            header = struct.pack(f">{1 + array.ndim}I", magic, *array.shape)
+            files[f"{prefix}-{kind}-ubyte"] = header + array.tobytes()
     return files
 
 
 def write_fake_mnist_raw(root, n_train=300, n_test=100, seed=0, ink_by_label=False):
-    """Install unpacked fake files in ROOT/MNIST/raw/ like download_mnist.py.
-
-    Returns {name: MD5 of the file}, usable as download_mnist's ``files``.
-    """
+    """Install the fake files in ROOT/MNIST/raw/ like download_mnist.py; return {name: MD5}."""
     folder = Path(root) / "MNIST" / "raw"
     folder.mkdir(parents=True, exist_ok=True)
     checksums = {}
-    for name, data in _fake_files(n_train, n_test, seed, ink_by_label).items():
+    for name, data in fake_mnist_files(n_train, n_test, seed, ink_by_label).items():
         (folder / name).write_bytes(data)
-        checksums[name] = _md5(data)
+        checksums[name] = hashlib.md5(data).hexdigest()
     return checksums
 
 
 def write_fake_mnist_gz(folder, n_train=300, n_test=100, seed=0):
-    """Write the four MNIST-named .gz files into FOLDER, like a mirror.
-
-    Returns {name without .gz: MD5 of the uncompressed content}, which is the
-    shape of download_mnist.FILES, so it can be passed as ``files``.
-    """
+    """Write the four NAME.gz files into FOLDER, like a mirror; return {name: MD5 of the unzipped content}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     checksums = {}
-    for name, data in _fake_files(n_train, n_test, seed).items():
+    for name, data in fake_mnist_files(n_train, n_test, seed).items():
         (folder / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
-        checksums[name] = _md5(data)
+        checksums[name] = hashlib.md5(data).hexdigest()
     return checksums
-
-
-def _md5(data):
-    return hashlib.md5(data).hexdigest()
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    """Serves a folder quietly; records each GET path in server.request_log."""
-
-    def do_GET(self):
-        self.record_request()
-        super().do_GET()
-
-    def record_request(self):
-        self.server.request_log.append(self.path)
-
-    def log_message(self, format, *args):
-        pass
-
-
-@contextmanager
-def serve_folder(folder, handler_class=QuietHandler, request_log=None):
-    """Serve FOLDER over HTTP on 127.0.0.1; yield "http://127.0.0.1:PORT/".
-
-    handler_class: a QuietHandler subclass, to misbehave on purpose.
-    request_log: a list that receives the path of every GET request.
-    """
-    handler = functools.partial(handler_class, directory=str(folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.request_log = [] if request_log is None else request_log
-    # A short poll interval makes shutdown() return quickly (default: 0.5 s).
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,),
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

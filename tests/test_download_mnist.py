@@ -1,620 +1,251 @@
-"""Tests of download_mnist.py, all offline.
-
-A real HTTP server on 127.0.0.1 serves small fake MNIST files (fake_mnist.py)
-whose MD5s the tests pass in as ``files``. The built-in internet mirrors are
-replaced by a dead 127.0.0.1 address, so no test can go online by mistake.
-"""
-
-import gzip
+"""Tests of download_mnist.py, offline: small fake MNIST files (fake_mnist.py) served from a
+folder, or by an HTTP server on 127.0.0.1 that the test starts. MIRRORS is emptied, so
+nothing else is ever contacted."""
+import functools
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
+from contextlib import contextmanager, suppress
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
-import urllib3
+from torchvision.datasets import MNIST
 
 import download_mnist
-from download_mnist import (FILES, MnistDownloadError, download_mnist as download,
-                            ensure_mnist, load_mnist, main)
-from fake_mnist import (QuietHandler, fake_mnist_arrays, serve_folder,
-                        write_fake_mnist_gz, write_fake_mnist_raw)
+from download_mnist import MnistDownloadError, ensure_mnist, load_mnist, main
+from fake_mnist import fake_mnist_arrays, write_fake_mnist_gz, write_fake_mnist_raw
 
-SCRIPT = Path(download_mnist.__file__)
+N_TRAIN, N_TEST = 20, 10
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(autouse=True)
-def dead_default_mirror(monkeypatch):
-    """Replace the internet mirrors by a closed port on 127.0.0.1; return its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/dead-default-mirror/"
-    monkeypatch.setattr(download_mnist, "MIRRORS", (url,))
-    for variable in ("no_proxy", "NO_PROXY"):  # never send 127.0.0.1 via a proxy
-        monkeypatch.setenv(variable, "127.0.0.1,localhost")
-    return url
+def no_public_mirrors(monkeypatch):
+    monkeypatch.setattr(download_mnist, "MIRRORS", ())
+    for variable in ("no_proxy", "NO_PROXY"):  # 127.0.0.1 directly, never through a proxy
+        monkeypatch.setenv(variable, "127.0.0.1")
 
 
 @pytest.fixture
-def mirror(tmp_path):
-    """A folder with the four fake .gz files; returns (folder, checksums)."""
+def mirror(tmp_path, monkeypatch):
+    """A folder with the four fake .gz files; their MD5s replace the real ones in FILES."""
     folder = tmp_path / "mirror"
-    folder.mkdir()
-    return folder, write_fake_mnist_gz(folder, n_train=300, n_test=100, seed=0)
+    monkeypatch.setattr(download_mnist, "FILES", write_fake_mnist_gz(folder, N_TRAIN, N_TEST))
+    return folder
 
 
-def raw_files(root):
-    """Names of everything in ROOT/MNIST/raw, temporary files included."""
+class Handler(SimpleHTTPRequestHandler):
+    """Serves a folder quietly, and records each path asked for in server.asked."""
+
+    def do_GET(self):
+        self.server.asked.append(self.path)
+        self.answer()
+
+    def answer(self):
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def serve(folder, handler=Handler):
+    """Serve FOLDER on 127.0.0.1; yield (its URL, the list of paths asked for)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.asked = []
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,))
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/", server.asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def installed(root):
+    """Everything in ROOT/MNIST/raw/, temporary files included."""
     return sorted(path.name for path in (Path(root) / "MNIST" / "raw").iterdir())
 
 
-def offline(**options):
-    return dict(default_mirrors=False, progress=False, **options)
-
-
-def test_http_download_installs_and_loads(tmp_path, mirror):
-    folder, checksums = mirror
-    root = tmp_path / "data"
-    with serve_folder(folder) as url:
-        paths = download(root, [url], files=checksums, **offline())
-
-    raw = root / "MNIST" / "raw"
-    assert paths == [raw / name for name in checksums]
-    assert raw_files(root) == sorted(checksums)
-    for path in paths:
-        assert download_mnist._md5_of_file(path) == checksums[path.name]
-    # Installed files get the usual permissions, like any new file.
-    reference = tmp_path / "reference"
-    reference.write_bytes(b"")
-    assert {path.stat().st_mode for path in paths} == {reference.stat().st_mode}
-
-    expected = fake_mnist_arrays(n_train=300, n_test=100, seed=0)
-    for split, n in (("train", 300), ("test", 100)):
-        images, labels = load_mnist(root, split)
+def test_http_mirror_installs_files_that_load_and_torchvision_reads(tmp_path, mirror):
+    with serve(mirror) as (url, _):
+        ensure_mnist(tmp_path, [url])
+    assert installed(tmp_path) == sorted(download_mnist.FILES)
+    expected = fake_mnist_arrays(N_TRAIN, N_TEST)
+    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+        images, labels = load_mnist(tmp_path, split)
         assert images.dtype == torch.uint8 and images.shape == (n, 28, 28)
-        assert labels.dtype == torch.int64 and labels.shape == (n,)
+        assert labels.dtype == torch.int64
         assert torch.equal(images, torch.from_numpy(expected[split][0]))
         assert torch.equal(labels, torch.from_numpy(expected[split][1]).long())
+    assert torch.equal(MNIST(tmp_path, train=False).data, load_mnist(tmp_path, "test")[0])
 
 
-def test_404_on_first_mirror_then_second_mirror_succeeds(tmp_path, mirror):
-    folder, checksums = mirror
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    first_log, second_log = [], []
-    with serve_folder(empty, request_log=first_log) as first, \
-            serve_folder(folder, request_log=second_log) as second:
-        download(tmp_path / "data", [first, second], files=checksums, **offline())
-
-    # One request per file on each server: a 404 is final, so not retried.
-    assert first_log == second_log == [f"/{name}.gz" for name in checksums]
-    assert raw_files(tmp_path / "data") == sorted(checksums)
-
-    with serve_folder(empty) as first:
-        with pytest.raises(MnistDownloadError) as failure:
-            download(tmp_path / "data2", [first], files=checksums, **offline())
-    assert f"{first} (attempt 1): HTTP 404 File not found" in str(failure.value)
-
-
-def test_wrong_content_fails_md5_and_leaves_nothing(tmp_path, mirror, capsys):
-    folder, _ = mirror
-    other_checksums = write_fake_mnist_gz(tmp_path / "other", seed=1)
-    root = tmp_path / "data"
-    with serve_folder(folder) as url:
-        status = main(["--root", str(root), "--mirror", url, "--no-default-mirrors"],
-                      files=other_checksums)
-
-    assert status == 1
-    error = capsys.readouterr().err
-    assert url in error and "MD5 mismatch" in error
-    assert "python download_mnist.py --mirror /path/to/folder/with/the/gz/files" in error
-    assert raw_files(root) == []  # neither the file nor its .part file
-
-
-class AnsweringHandler(QuietHandler):
-    """Base of the handlers below, which misbehave once the headers are sent."""
-
-    def start_answer(self, length=None):
-        """Send "200 OK" and a Content-Length; return the requested file's bytes.
-
-        length: the header's value; by default the true size of the file.
-        """
-        self.record_request()
-        data = Path(self.translate_path(self.path)).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)) if length is None else length)
-        self.end_headers()
-        return data
-
-
-class DroppingHandler(AnsweringHandler):
-    """Announces the whole file but sends only half of it, then hangs up."""
-
-    def do_GET(self):
-        data = self.start_answer()
-        self.wfile.write(data[:len(data) // 2])
-        self.close_connection = True
-
-
-def stalling_halfway(raw, then, release):
-    """A handler class that sends half of a file and then stalls.
-
-    Once the downloader's .part file is in RAW it calls THEN(), and it sends
-    nothing more until RELEASE is set.
-    """
-
-    class StallingHalfwayHandler(AnsweringHandler):
-        def do_GET(self):
-            data = self.start_answer()
-            self.wfile.write(data[:len(data) // 2])
-            give_up = time.monotonic() + 60
-            while not any(raw.glob("*.part")):
-                assert time.monotonic() < give_up, "no .part file appeared"
-                time.sleep(0.01)
-            then()
-            release.wait(60)
-
-    return StallingHalfwayHandler
-
-
-class BadLengthHandler(AnsweringHandler):
-    """Sends the whole file under a Content-Length that is not a number."""
-
-    def do_GET(self):
-        self.wfile.write(self.start_answer(length="many"))
-        self.close_connection = True
-
-
-@pytest.mark.parametrize("retries", [0, 1, 2])
-def test_dropped_connection_is_retried_then_fails_cleanly(tmp_path, mirror, retries):
-    folder, checksums = mirror
-    log = []
-    with serve_folder(folder, DroppingHandler, log) as url:
-        with pytest.raises(MnistDownloadError) as failure:
-            download(tmp_path / "data", [url], files=checksums,
-                     **offline(retries=retries))
-
-    first_file = next(iter(checksums))
-    assert log == [f"/{first_file}.gz"] * (1 + retries)
-    message = str(failure.value)
-    assert f"{url} (attempt {1 + retries}): connection error" in message
-    assert raw_files(tmp_path / "data") == []
-
-
-def test_bad_content_length_moves_on_to_the_next_mirror(tmp_path, mirror):
-    folder, checksums = mirror
-    bad_log, good_log = [], []
-    with serve_folder(folder, BadLengthHandler, bad_log) as bad, \
-            serve_folder(folder, request_log=good_log) as good:
-        download(tmp_path / "data", [bad, good], files=checksums, **offline())
-
-    # A server's malformed answer is not retried: it would answer the same.
-    assert bad_log == good_log == [f"/{name}.gz" for name in checksums]
-    assert raw_files(tmp_path / "data") == sorted(checksums)
-
-    with serve_folder(folder, BadLengthHandler) as bad:
-        with pytest.raises(MnistDownloadError) as failure:
-            download(tmp_path / "data2", [bad], files=checksums, **offline())
-    assert f"{bad} (attempt 1): bad Content-Length header 'many'" in str(failure.value)
-    assert raw_files(tmp_path / "data2") == []
-
-
-def test_invalid_url_moves_on_to_the_next_mirror(tmp_path, mirror):
-    folder, checksums = mirror
-    invalid = "http://127.0.0.1:99999/"  # no such port: requests refuses the URL
-    with pytest.raises(MnistDownloadError) as failure:
-        download(tmp_path / "data", [invalid], files=checksums, **offline())
-    assert f"{invalid} (attempt 1): request failed: Failed to parse" in str(failure.value)
-
-    download(tmp_path / "data", [invalid, str(folder)], files=checksums, **offline())
-    assert raw_files(tmp_path / "data") == sorted(checksums)
-
-
-def test_timeout_is_reported_after_one_retry(tmp_path, mirror):
-    folder, checksums = mirror
-    release = threading.Event()
-
-    class StallingHandler(QuietHandler):
-        def do_GET(self):
-            self.record_request()
-            release.wait(10)  # answer nothing until the test is over
-
-    log = []
-    with serve_folder(folder, StallingHandler, log) as url:
-        try:
-            with pytest.raises(MnistDownloadError) as failure:
-                download(tmp_path / "data", [url], files=checksums,
-                         **offline(timeout=0.2))
-        finally:
-            release.set()
-
-    assert len(log) == 2
-    assert "timed out after 0.2 s" in str(failure.value)
-    assert raw_files(tmp_path / "data") == []
-
-
-def test_deadline_gives_up_on_a_dripping_mirror(tmp_path, mirror, capsys):
-    folder, checksums = mirror
-    name = next(iter(checksums))
-    stop = threading.Event()
-
-    class DrippingHandler(AnsweringHandler):
-        """Sends a byte every 0.1 s: always in time for --timeout, never done."""
-
-        def do_GET(self):
-            data = self.start_answer()
-            for start in range(len(data)):
-                if stop.wait(0.1):
-                    return
-                try:
-                    self.wfile.write(data[start:start + 1])
-                except (BrokenPipeError, ConnectionResetError):
-                    return  # the downloader gave up
-
-    root = tmp_path / "data"
-    with serve_folder(folder, DrippingHandler) as dripping, serve_folder(folder) as good:
-        started = time.monotonic()
-        try:
-            status = main(["--root", str(root), "--mirror", dripping, "--mirror", good,
-                           "--no-default-mirrors", "--timeout", "5", "--deadline", "1",
-                           "--retries", "0"], files={name: checksums[name]})
-        finally:
-            stop.set()
-        seconds = time.monotonic() - started
-
-    assert status == 0 and raw_files(root) == [name]
-    output = capsys.readouterr()
-    assert f"{name}.gz from {dripping}: not complete after 1.0 s" in output.err
-    assert f"downloaded from {good}" in output.out
-    assert 1 <= seconds < 3
-
-
-def test_http_download_works_without_read1(tmp_path, mirror, monkeypatch):
-    for response_class in (urllib3.response.HTTPResponse, urllib3.response.BaseHTTPResponse):
-        monkeypatch.delattr(response_class, "read1")  # as in urllib3 1.x
-    folder, checksums = mirror
-    with serve_folder(folder) as url:
-        download(tmp_path / "data", [url], files=checksums, **offline())
-    assert raw_files(tmp_path / "data") == sorted(checksums)
-
-
-@pytest.mark.parametrize("kind", ["directory", "relative directory", "file URL"])
-def test_local_mirror(tmp_path, mirror, monkeypatch, kind):
-    folder, checksums = mirror
+@pytest.mark.parametrize("kind", ["folder", "relative folder", "file URL"])
+def test_a_local_folder_is_a_mirror(tmp_path, mirror, monkeypatch, kind):
     monkeypatch.chdir(tmp_path)
-    source = {"directory": str(folder),
-              "relative directory": "mirror",
-              "file URL": folder.as_uri()}[kind]
-    download("data", [source], files=checksums, **offline())
-
-    assert raw_files("data") == sorted(checksums)
-    images, _ = load_mnist("data", "test")
-    expected_images = fake_mnist_arrays(n_train=300, n_test=100, seed=0)["test"][0]
-    assert torch.equal(images, torch.from_numpy(expected_images))
+    ensure_mnist("data", [{"folder": str(mirror), "relative folder": "mirror", "file URL": mirror.as_uri()}[kind]])
+    assert installed("data") == sorted(download_mnist.FILES)
 
 
-def test_missing_local_file_is_reported(tmp_path, mirror):
-    folder, checksums = mirror
-    missing = next(iter(checksums))
-    (folder / f"{missing}.gz").unlink()
-    with pytest.raises(MnistDownloadError) as failure:
-        download(tmp_path / "data", [str(folder)], files=checksums, **offline())
-    assert f"missing local file {folder / missing}.gz" in str(failure.value)
+def test_given_mirrors_come_first_then_MIRRORS_until_one_delivers(tmp_path, mirror, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    with serve(tmp_path / "empty") as (given, asked_given), serve(mirror) as (public, asked_public):
+        monkeypatch.setattr(download_mnist, "MIRRORS", (public,))
+        ensure_mnist(tmp_path / "data", [given])
+    assert asked_given == asked_public == [f"/{name}.gz" for name in download_mnist.FILES]
 
 
-def test_folder_named_like_a_gz_file_moves_on_to_the_next_mirror(tmp_path, mirror):
-    folder, checksums = mirror
-    odd = tmp_path / "odd"
-    for name in checksums:
-        (odd / f"{name}.gz").mkdir(parents=True)
-    with pytest.raises(MnistDownloadError) as failure:
-        download(tmp_path / "data", [str(odd)], files=checksums, **offline())
-    first = next(iter(checksums))
+def test_when_no_mirror_delivers_one_line_says_what_each_answered(tmp_path, mirror):
+    write_fake_mnist_gz(tmp_path / "other", N_TRAIN, N_TEST, seed=1)  # other content, other MD5s
+    (tmp_path / "not-gzip").mkdir()
+    for name in download_mnist.FILES:
+        (tmp_path / "not-gzip" / f"{name}.gz").write_bytes(b"not gzip data")
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    (tmp_path / "empty").mkdir()
+    with serve(tmp_path / "empty") as (not_found, _), pytest.raises(MnistDownloadError) as failure:
+        ensure_mnist(tmp_path / "data", [not_found, closed, tmp_path / "other", tmp_path / "not-gzip"])
     message = str(failure.value)
-    assert f"{odd} (attempt 1): cannot read local file {odd / first}.gz" in message
-    assert "attempt 2" not in message  # a folder stays a folder: not retried
-
-    download(tmp_path / "data", [str(odd), str(folder)], files=checksums, **offline())
-    assert raw_files(tmp_path / "data") == sorted(checksums)
-
-
-def test_unsupported_url_is_reported(tmp_path, mirror):
-    _, checksums = mirror
-    with pytest.raises(MnistDownloadError, match="unsupported URL"):
-        download(tmp_path / "data", ["ftp://127.0.0.1/mnist/"], files=checksums,
-                 **offline())
+    assert "\n" not in message
+    assert f"{not_found}: HTTP Error 404" in message
+    assert f"{closed}: <urlopen error" in message and "Connection refused" in message
+    assert f"{tmp_path / 'other'}: wrong MD5" in message
+    assert f"{tmp_path / 'not-gzip'}: Error -3 while decompressing" in message
+    assert f"python download_mnist.py --data {tmp_path / 'data'} --mirror FOLDER" in message
+    assert installed(tmp_path / "data") == []  # no partial file, not even of the wrong content
 
 
-def test_bad_gzip_is_reported(tmp_path, mirror):
-    folder, checksums = mirror
-    name = next(iter(checksums))
-    (folder / f"{name}.gz").write_bytes(b"this is not gzip data")
-    with pytest.raises(MnistDownloadError) as failure:
-        download(tmp_path / "data", [str(folder)], files=checksums, **offline())
-    assert "bad gzip data" in str(failure.value)
-    assert raw_files(tmp_path / "data") == []
-
-
-def test_any_compression_passes_because_md5_is_of_uncompressed_data(tmp_path, mirror):
-    folder, checksums = mirror
-    for name in checksums:
-        gz = folder / f"{name}.gz"
-        gz.write_bytes(gzip.compress(gzip.decompress(gz.read_bytes()), compresslevel=1))
-    download(tmp_path / "data", [str(folder)], files=checksums, **offline())
-    assert raw_files(tmp_path / "data") == sorted(checksums)
-
-
-def test_rerun_downloads_nothing(tmp_path, mirror, capsys):
-    folder, checksums = mirror
-    root = str(tmp_path / "data")
-    first_log, second_log = [], []
-    with serve_folder(folder, request_log=first_log) as url:
-        assert main(["--root", root, "--mirror", url], files=checksums) == 0
-    assert "Downloaded 4 of 4 files" in capsys.readouterr().out
-
-    with serve_folder(folder, request_log=second_log) as url:
-        assert main(["--root", root, "--mirror", url], files=checksums) == 0
-    assert len(first_log) == 4 and second_log == []
-    assert "Nothing downloaded" in capsys.readouterr().out
-
-
-def test_corrupt_existing_file_is_downloaded_again(tmp_path, mirror):
-    folder, checksums = mirror
-    root = tmp_path / "data"
-    download(root, [str(folder)], files=checksums, **offline())
+def test_stalled_and_dripping_mirrors_are_given_up_on(tmp_path, mirror, monkeypatch):
     name = "t10k-labels-idx1-ubyte"
-    (root / "MNIST" / "raw" / name).write_bytes(b"corrupt")
+    monkeypatch.setattr(download_mnist, "FILES", {name: download_mnist.FILES[name]})
+    done = threading.Event()
 
-    log = []
-    with serve_folder(folder, request_log=log) as url:
-        download(root, [url], files=checksums, **offline())
-    assert log == [f"/{name}.gz"]
-    assert download_mnist._md5_of_file(root / "MNIST" / "raw" / name) == checksums[name]
+    class Stalling(Handler):
+        def answer(self):
+            done.wait(5)  # says nothing at all
 
+    class Dripping(Handler):
+        def answer(self):  # a byte every 0.05 s: always in time for the timeout, never done
+            data = Path(self.translate_path(self.path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            with suppress(OSError):  # the client hung up
+                for i in range(len(data)):
+                    if done.wait(0.05):
+                        break
+                    self.wfile.write(data[i:i + 1])
 
-def test_ensure_mnist_downloads_only_when_missing(tmp_path, mirror):
-    folder, checksums = mirror
-    root = tmp_path / "data"
-    log = []
-    with serve_folder(folder, request_log=log) as url:
-        ensure_mnist(root, [url], files=checksums, **offline())
-        paths = ensure_mnist(root, [url], files=checksums, **offline())
-    assert len(log) == 4
-    assert sorted(path.name for path in paths) == sorted(checksums)
-
-
-def test_interrupted_download_leaves_nothing(tmp_path, mirror, monkeypatch, capsys):
-    folder, checksums = mirror
-
-    def interrupt(self, size=-1):
-        raise KeyboardInterrupt  # as if Ctrl-C was pressed while unzipping
-
-    monkeypatch.setattr(gzip.GzipFile, "read", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        download(tmp_path / "data", [str(folder)], files=checksums, **offline())
-    assert raw_files(tmp_path / "data") == []
-
-    status = main(["--root", str(tmp_path / "data"), "--mirror", str(folder),
-                   "--no-default-mirrors"], files=checksums)
-    assert status == 130 and "interrupted" in capsys.readouterr().err
-    assert raw_files(tmp_path / "data") == []
-
-
-posix_signals = pytest.mark.skipif(sys.platform == "win32",
-                                   reason="Windows cannot send SIGTERM to be caught")
-
-
-@posix_signals
-def test_sigterm_stops_the_script_like_ctrl_c(tmp_path, mirror):
-    folder, _ = mirror  # the real file names; the download never gets to the MD5
-    stalled, release = threading.Event(), threading.Event()
-    handler = stalling_halfway(tmp_path / "data" / "MNIST" / "raw", stalled.set, release)
-    with serve_folder(folder, handler) as url:
-        process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--root", "data", "--mirror", url,
-             "--no-default-mirrors"],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert stalled.wait(60)  # its .part file is there
-            process.terminate()
-            _, error = process.communicate(timeout=60)
-        finally:
-            process.kill()  # no-op once it has ended
-            release.set()
-
-    assert process.returncode == 143  # 128 + SIGTERM, as 130 is 128 + SIGINT for Ctrl-C
-    assert error.splitlines()[-1] == "interrupted (SIGTERM); no partial file was kept"
-    assert raw_files(tmp_path / "data") == []
-
-
-@posix_signals
-def test_sigterm_turned_into_keyboard_interrupt_by_a_caller_leaves_nothing(tmp_path, mirror):
-    """main.py makes SIGTERM raise KeyboardInterrupt, here inside a read of the download."""
-    folder, checksums = mirror
-    root = tmp_path / "data"
-    release = threading.Event()
-    handler = stalling_halfway(
-        root / "MNIST" / "raw",
-        lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM), release)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    start = time.monotonic()
     try:
-        with serve_folder(folder, handler) as url, pytest.raises(KeyboardInterrupt):
-            ensure_mnist(root, [url], files=checksums, **offline())
+        with serve(mirror, Stalling) as (stalled, _), serve(mirror, Dripping) as (dripping, _):
+            with pytest.raises(MnistDownloadError) as failure:
+                ensure_mnist(tmp_path, [stalled, dripping], timeout=0.2, deadline=0.3)
+            done.set()
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        release.set()
-    assert raw_files(root) == []
+        done.set()
+    assert time.monotonic() - start < 1.5
+    assert f"{stalled}: timed out" in str(failure.value)
+    assert f"{dripping}: not complete after 0.3 s" in str(failure.value)
 
 
-def test_main_restores_sigterm_and_runs_outside_the_main_thread(tmp_path, mirror):
-    folder, checksums = mirror
-    arguments = ["--mirror", str(folder), "--no-default-mirrors"]
-    before = signal.getsignal(signal.SIGTERM)
-    assert main(["--root", str(tmp_path / "data"), *arguments], files=checksums) == 0
-    assert signal.getsignal(signal.SIGTERM) is before
+def test_a_file_corrupted_in_place_is_installed_again_or_refused(tmp_path, mirror):
+    ensure_mnist(tmp_path, [mirror])
+    path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    with path.open("r+b") as file:  # ten bytes flipped, the same size
+        file.seek(1000)
+        damaged = bytes(255 - byte for byte in file.read(10))
+        file.seek(1000)
+        file.write(damaged)
 
-    statuses = []  # only the main thread may set a signal handler
-    thread = threading.Thread(target=lambda: statuses.append(
-        main(["--root", str(tmp_path / "data2"), *arguments], files=checksums)))
-    thread.start()
-    thread.join(60)
-    assert statuses == [0]
+    with pytest.raises(MnistDownloadError) as refused:
+        ensure_mnist(tmp_path)  # no mirror answers
+    assert str(refused.value).startswith(f"{path} is corrupt (wrong MD5)")
+    assert "\n" not in str(refused.value)
 
-
-def test_a_later_run_removes_part_files_of_killed_runs_only(tmp_path, mirror):
-    folder, checksums = mirror
-    raw = tmp_path / "data" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    ended = subprocess.Popen([sys.executable, "-c", ""])
-    ended.wait()  # its PID is now no process's
-    name = next(iter(checksums))
-    stale = [f"{name}.{ended.pid}.part",
-             f"{name}.{os.getpid()}.part"]  # ours, from a killed run with the same PID
-    kept = [f"{name}.{os.getppid()}.part",  # as if that process were downloading too
-            f"{name}.part", f"{name}.x{ended.pid}.part", f"other.{ended.pid}.part", "notes.txt"]
-    for filename in stale + kept:
-        (raw / filename).write_bytes(b"partial")
-
-    download(tmp_path / "data", [str(folder)], files=checksums, **offline())
-    assert raw_files(tmp_path / "data") == sorted([*checksums, *kept])
+    with serve(mirror) as (url, asked):
+        ensure_mnist(tmp_path, [url])
+    assert asked == ["/t10k-images-idx3-ubyte.gz"]
+    expected = fake_mnist_arrays(N_TRAIN, N_TEST)["test"][0]
+    assert torch.equal(load_mnist(tmp_path, "test")[0], torch.from_numpy(expected))
 
 
-def test_ensure_mnist_removes_part_files_of_killed_runs_when_nothing_is_missing(tmp_path, mirror):
-    folder, checksums = mirror
-    ensure_mnist(tmp_path / "data", [str(folder)], files=checksums, **offline())
-    ended = subprocess.Popen([sys.executable, "-c", ""])
-    ended.wait()  # its PID is now no process's
-    raw, name = tmp_path / "data" / "MNIST" / "raw", next(iter(checksums))
-    (raw / f"{name}.{ended.pid}.part").write_bytes(b"partial")
-
-    ensure_mnist(tmp_path / "data", [], files=checksums, **offline())
-    assert raw_files(tmp_path / "data") == sorted(checksums)
+def test_a_later_run_removes_the_temporary_file_of_a_killed_run(tmp_path, mirror):
+    ensure_mnist(tmp_path, [mirror])
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.part").write_bytes(b"half a file")
+    ensure_mnist(tmp_path)  # no mirror: it checks, and has nothing to download
+    assert installed(tmp_path) == sorted(download_mnist.FILES)
 
 
-def test_default_mirrors_are_tried_after_given_ones(tmp_path, dead_default_mirror, capsys):
-    given = str(tmp_path / "nowhere")
-    assert main(["--root", str(tmp_path / "data"), "--mirror", given, "--retries", "0"]) == 1
-    error = capsys.readouterr().err
-    assert error.index(given) < error.index(dead_default_mirror)
-    assert f"{dead_default_mirror} (attempt 1): connection error" in error
+def test_ctrl_c_leaves_no_partial_file(tmp_path, mirror, monkeypatch, capsys):
+    raw = tmp_path / "MNIST" / "raw"
 
-    assert main(["--root", str(tmp_path / "data"), "--mirror", given,
-                 "--no-default-mirrors"]) == 1
-    assert dead_default_mirror not in capsys.readouterr().err
+    def ctrl_c(bar, n=1):  # pressed while the first file streams in
+        assert [path.name for path in raw.iterdir()] == ["train-images-idx3-ubyte.part"]
+        raise KeyboardInterrupt
 
-
-def test_script_exits_with_status_1(tmp_path, mirror):
-    folder, _ = mirror  # fake files, so the real MD5s cannot match
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--root", "data", "--mirror", str(folder),
-         "--no-default-mirrors"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "MD5 mismatch" in result.stderr
-    assert raw_files(tmp_path / "data") == []
+    monkeypatch.setattr(download_mnist.tqdm, "update", ctrl_c)
+    try:
+        assert main(["--data", str(tmp_path), "--mirror", str(mirror)]) == 130
+    except KeyboardInterrupt:  # would end the whole pytest session
+        pytest.fail("Ctrl-C went through main()")
+    assert "no partial file was kept" in capsys.readouterr().err
+    assert installed(tmp_path) == []
 
 
-def test_help_describes_every_option(capsys):
+def test_command_line(tmp_path, mirror, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
-    help_text = capsys.readouterr().out
-    for option in ("--root", "--mirror", "--no-default-mirrors", "--timeout", "--deadline",
-                   "--retries"):
-        assert option in help_text
+    assert "--data DIR" in capsys.readouterr().out
 
-
-def command_line_error(arguments, capsys):
-    """Run main(ARGUMENTS) offline; check it exits with status 2; return its last line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(arguments + ["--mirror", "nowhere", "--no-default-mirrors"])
-    assert exit_info.value.code == 2
+    arguments = ["--data", str(tmp_path / "data"), "--mirror", str(tmp_path / "nowhere")]
+    assert main(arguments) == 1
     error = capsys.readouterr().err
-    assert "Traceback" not in error
-    return error.splitlines()[-1]
+    assert error.startswith("download_mnist.py: error: ") and error.count("\n") == 1
+    assert main(arguments + [str(mirror)]) == 0  # --mirror takes several
+    assert installed(tmp_path / "data") == sorted(download_mnist.FILES)
 
 
-SECONDS = "a finite number of seconds above 0"
-
-
-@pytest.mark.parametrize("option, value, expected", [
-    ("--timeout", "0", SECONDS),
-    ("--timeout", "-1", SECONDS),
-    ("--timeout", "nan", SECONDS),
-    ("--timeout", "inf", SECONDS),
-    ("--deadline", "0", SECONDS),
-    ("--retries", "-1", "a whole number, 0 or more"),
-    ("--retries", "1.5", "a whole number, 0 or more"),
-])
-def test_bad_number_is_one_clear_error(capsys, option, value, expected):
-    last_line = command_line_error([option, value], capsys)
-    assert last_line.endswith(f"error: argument {option}: expected {expected}, got {value!r}")
-
-
-@pytest.mark.parametrize("under", ["", "/sub"])
-def test_root_that_is_a_file_is_one_clear_error(tmp_path, capsys, under):
-    file = tmp_path / "file"
-    file.write_bytes(b"")
-    root = f"{file}{under}"
-    last_line = command_line_error(["--root", root], capsys)
-    assert last_line.endswith(f"error: --root {root}: {file} is a file, not a folder")
-
-
-def test_load_mnist_missing_file_names_file_and_command(tmp_path):
-    with pytest.raises(FileNotFoundError) as failure:
+@pytest.mark.parametrize("damage", ["missing", "truncated", "header cut", "unknown type", "fewer labels"])
+def test_load_mnist_names_a_missing_or_corrupt_file_and_the_fix(tmp_path, damage):
+    write_fake_mnist_raw(tmp_path, N_TRAIN, N_TEST)
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    data = images.read_bytes()
+    if damage == "missing":
+        images.unlink()
+    elif damage == "fewer labels":
+        (images.parent / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\x01\x07")
+    else:
+        images.write_bytes({"truncated": data[:-1], "header cut": data[:3],
+                            "unknown type": b"\0\0\x05" + data[3:]}[damage])
+    with pytest.raises((OSError, ValueError)) as error:
         load_mnist(tmp_path, "train")
-    message = str(failure.value)
-    assert "train-images-idx3-ubyte" in message
-    assert f"python download_mnist.py --root {tmp_path}" in message
+    message = str(error.value)
+    assert "\n" not in message and str(images) in message
+    assert f"python download_mnist.py --data {tmp_path}" in message
 
 
-@pytest.mark.parametrize("damage", ["magic", "truncated", "too long", "no header"])
-def test_load_mnist_rejects_corrupt_file(tmp_path, damage):
-    write_fake_mnist_raw(tmp_path, n_train=20, n_test=10, seed=0)
-    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
-    data = path.read_bytes()
-    path.write_bytes({"magic": b"\x00\x00\x08\x01" + data[4:],
-                      "truncated": data[:-1],
-                      "too long": data + b"\x00",
-                      "no header": data[:10]}[damage])
-    with pytest.raises(ValueError, match="train-images-idx3-ubyte"):
-        load_mnist(tmp_path, "train")
-
-
-def test_load_mnist_rejects_unknown_split(tmp_path):
-    write_fake_mnist_raw(tmp_path, n_train=20, n_test=10, seed=0)
-    with pytest.raises(ValueError, match="unknown split"):
+def test_load_mnist_rejects_an_unknown_split(tmp_path):
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
         load_mnist(tmp_path, "validation")
 
 
-def test_torchvision_reads_the_installed_layout(tmp_path, mirror):
-    datasets = pytest.importorskip("torchvision.datasets")
-    folder, checksums = mirror
-    download(tmp_path, [str(folder)], files=checksums, **offline())
-
-    dataset = datasets.MNIST(str(tmp_path), train=True, download=False)
-    images, labels = load_mnist(tmp_path, "train")
-    assert len(dataset) == 300
-    assert torch.equal(dataset.data, images)
-    assert torch.equal(dataset.targets, labels)
-
-
 @pytest.mark.skipif(not os.environ.get("MNIST_LOCAL_MIRROR"),
-                    reason="set MNIST_LOCAL_MIRROR to a folder with the four real "
-                           "MNIST .gz files to test the real data")
-def test_real_mnist_from_local_mirror(tmp_path):
-    paths = download(tmp_path, [os.environ["MNIST_LOCAL_MIRROR"]], **offline())
-    assert [path.name for path in paths] == list(FILES)
-
-    for split, n, counts in (("train", 60000, TRAIN_COUNTS), ("test", 10000, TEST_COUNTS)):
+                    reason="set MNIST_LOCAL_MIRROR to a folder with the four real MNIST .gz files")
+def test_real_mnist_from_a_local_mirror(tmp_path):
+    ensure_mnist(tmp_path, [os.environ["MNIST_LOCAL_MIRROR"]])
+    start = time.monotonic()
+    ensure_mnist(tmp_path)  # every start checks every MD5: no mirror needed, and quick
+    assert time.monotonic() - start < 2
+    for split, counts in (("train", TRAIN_COUNTS), ("test", TEST_COUNTS)):
         images, labels = load_mnist(tmp_path, split)
-        assert images.shape == (n, 28, 28) and images.dtype == torch.uint8
+        assert images.shape == (sum(counts), 28, 28) and images.dtype == torch.uint8
         assert torch.bincount(labels, minlength=10).tolist() == counts
