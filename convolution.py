@@ -10,8 +10,8 @@ such a branch to a coupling's MLP, for a flow over images [C, H, W]:
 
     grid(c):  [B, 2C, H, W], the conditioning half's values at their pixels and 0 at the
               updated half's, beside a mask that is 1 where a value is given (a 0 pixel and
-              a hidden one must differ); with a context [B, k] (the digit), k more
-              channels, each constant over the image
+              a hidden one must differ); with a context [B, k] beside the half (flow.py),
+              k more channels, each constant over the image
     conv:     squeeze 2 x 2 (H/2 x W/2 positions, 4 times the channels), three 3 x 3
               convolutions with ReLUs between them, unsqueeze: [B, outputs * C, H, W]
 
@@ -29,6 +29,8 @@ coupling's nets a branch that knows where its halves lie. A learned mixing
 
 Run `python convolution.py` to see the grid a coupling's convolution sees.
 """
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional
@@ -39,25 +41,27 @@ from flow import Coupling, DiagonalScaling, Permutation
 class ImageCouplingNet(nn.Module):
     """mlp(c) + conv(grid(c)): a coupling net with a convolutional branch over the image.
 
-    mlp: the coupling's net, condition [B, n/2 + k] -> [B, n/2 * outputs]. shape: the
-    image's [C, H, W], H and W even. channels: the convolutions' width.
+    mlp: the coupling's net, condition [B, n/2 + k] -> [B, n/2 * outputs] (k = 0 without a
+    context). shape: the image's [C, H, W], H and W even. channels: the convolutions' width.
     condition_pixels, updated_pixels [n/2]: which pixel of the flattened image each
     feature of the conditioning half and of the updated half is.
     """
 
-    def __init__(self, mlp, shape, channels, condition_pixels, updated_pixels, context_features=0):
+    def __init__(self, mlp, shape, channels, condition_pixels, updated_pixels):
         super().__init__()
         image_channels, height, width = shape
         if height % 2 or width % 2:
             raise ValueError(f"ImageCouplingNet squeezes 2 x 2 blocks of pixels: H and W must be even, got {list(shape)}")
-        self.mlp, self.shape, self.context_features = mlp, tuple(shape), context_features
+        self.mlp, self.shape = mlp, tuple(shape)
         self.half = image_channels * height * width // 2
-        last = [m for m in mlp.modules() if isinstance(m, nn.Linear)][-1]
+        linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+        first, last = linears[0], linears[-1]
+        self.context_features = first.in_features - self.half  # what the net sees beyond the half
         if last.out_features % self.half:
             raise ValueError(f"the MLP's {last.out_features} outputs are not a whole number per updated feature "
                              f"({self.half})")
         self.outputs = last.out_features // self.half  # parameters per updated feature
-        squeezed = 4 * (2 * image_channels + context_features)  # values, mask and context, 2 x 2 blocks
+        squeezed = 4 * (2 * image_channels + self.context_features)  # values, mask and context, 2 x 2 blocks
         self.conv = nn.Sequential(nn.Conv2d(squeezed, channels, 3, padding=1), nn.ReLU(),
                                   nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
                                   nn.Conv2d(channels, 4 * self.outputs * image_channels, 3, padding=1))
@@ -100,14 +104,14 @@ def add_image_branches(flow, channels):
                              "blends them")
         if any(isinstance(net, ImageCouplingNet) for net in layer.children()):
             raise ValueError("this flow's coupling nets have convolutional branches already")
-    pixels = torch.arange(flow.prior.dim)  # pixels[i]: the pixel of the image that feature i is
+    pixels = torch.arange(math.prod(flow.shape))  # pixels[i]: the pixel of the image that feature i is
     for layer in flow.layers:
         if isinstance(layer, Permutation):
             pixels = pixels[layer.order.cpu()]  # its output feature i is its input feature order[i]
         elif isinstance(layer, Coupling):
             condition, updated = layer.halves(pixels)
             for name, mlp in list(layer.named_children()):
-                net = ImageCouplingNet(mlp, flow.shape, channels, condition, updated, layer.context_features)
+                net = ImageCouplingNet(mlp, flow.shape, channels, condition, updated)
                 setattr(layer, name, net.to(next(mlp.parameters())))
     return flow
 

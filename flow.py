@@ -7,18 +7,16 @@ prior p(z). The change of variables gives the exact density of the data:
 
 The one convention, followed by every class in the project:
 
-    forward(x, context=None) -> (z, logdet)    data to latent,  logdet = log |det dz/dx|, shape [batch]
-    inverse(z, context=None) -> (x, logdet)    latent to data,  logdet = log |det dx/dz| = -(forward's)
+    forward(x) -> (z, logdet)    data to latent,  logdet = log |det dz/dx|, shape [batch]
+    inverse(z) -> (x, logdet)    latent to data,  logdet = log |det dx/dz| = -(forward's)
 
-    logProbability(x, context=None) = prior.logProbability(z, context) + logdet,   (z, logdet) = forward(x, context)
-    sample(batchSize, context=None) = inverse(prior.sample(batchSize, context=context), context)[0]
+    logProbability(x) = prior.logProbability(z) + logdet,   (z, logdet) = forward(x)
+    sample(batchSize) = inverse(prior.sample(batchSize))[0]
 
-`context` [batch, c] is what a conditional flow models p(x | context) given (in step 11,
-the one-hot digit of each image: conditional.py). It is fixed while x moves, so for each
-context the flow is a bijection of its own, and the log-det is still that of x -> z. Only
-the couplings below use it, whose nets see it beside the conditioning half, and the
-prior, whose mean it moves (prior.py); a flow may also give it to its prior alone. Every
-other layer takes it and ignores it, and an unconditional flow takes none.
+`forward` and `inverse` also take an optional `context`, None in every step up to
+training: where it is given, the couplings hand it to their nets beside the
+conditioning half and every other layer passes it on untouched, so that a flow can model
+p(x | context) (conditional.py, after training). The Jacobian is that of x -> z either way.
 
 `sample` and `logProbability` are written once, here. A subclass writes `forward` and
 `inverse`; a flow made of layers (`Composite`) adds their log-determinants and runs the
@@ -26,8 +24,8 @@ inverses in reverse order.
 
 This file also holds the pieces NICE (nice.py) and RealNVP (realnvp.py) share:
 `Coupling`, which splits the features into two halves and transforms one given the
-other, and `Permutation`, which reorders features so that the halves form a
-checkerboard on images.
+other, `Permutation`, which reorders features so that the halves form a checkerboard on
+images, and `CouplingFlow`, the frame of stacked couplings with one `build` for all.
 
 Papers: NICE, Dinh et al. 2014, https://arxiv.org/abs/1410.8516;
 RealNVP, Dinh et al. 2016, https://arxiv.org/abs/1605.08803.
@@ -35,6 +33,7 @@ RealNVP, Dinh et al. 2016, https://arxiv.org/abs/1605.08803.
 import torch
 from torch import nn
 
+from prior import Gaussian
 from test import MLP
 
 
@@ -53,18 +52,18 @@ class Flow(nn.Module):
         """Latent to data: returns (x, log |det dx/dz|)."""
         raise NotImplementedError
 
-    def logProbability(self, x, context=None):
-        """Exact log-density of each sample, log p(x) or log p(x | context): [batch, ...] -> [batch]."""
-        z, logdet = self.forward(x, context)
-        return self._prior().logProbability(z, context) + logdet
+    def logProbability(self, x):
+        """Exact log-density of each sample: [batch, ...] -> [batch]."""
+        z, logdet = self.forward(x)
+        return self._prior().logProbability(z) + logdet
 
     log_prob = logProbability  # the name torch.distributions uses
 
-    def sample(self, batchSize, temperature=1.0, context=None):
+    def sample(self, batchSize, temperature=1.0):
         """Draw `batchSize` samples by pushing prior samples through the inverse
-        (given `context` [batchSize, c], one row per sample, for a conditional flow)."""
-        z = self._prior().sample(batchSize, temperature=temperature, context=context)
-        return self.inverse(z, context)[0]
+        (temperature < 1: from a narrower prior)."""
+        z = self._prior().sample(batchSize, temperature=temperature)
+        return self.inverse(z)[0]
 
     def _prior(self):
         if self.prior is None:
@@ -107,16 +106,12 @@ class Coupling(Flow):
 
     The Jacobian is block-triangular (the kept half passes through unchanged), so its
     determinant is the determinant of dg/d(half) alone. Only the conditioning half goes
-    into the coupling nets. Subclasses write `couple(half, condition) -> (half', logdet)`
-    and `uncouple(half', condition) -> (half, logdet)`.
-
-    A conditional coupling (context_features = c > 0) feeds its nets the conditioning half
-    and the context side by side, condition = [kept half, context] of n/2 + c features:
-    g's parameters then depend on the context too, but g still only changes the updated
-    half, so the Jacobian and its log-det keep their form.
+    into the coupling nets (with the context beside it, where one is given: the nets then
+    take n/2 + c inputs, and g still changes only the updated half). Subclasses write
+    `couple(half, condition) -> (half', logdet)` and `uncouple(half', condition) -> (half, logdet)`.
     """
 
-    def __init__(self, features, update, context_features=0):
+    def __init__(self, features, update):
         super().__init__()
         if update not in ("x", "y"):
             raise ValueError(f"update must be 'x' (first half) or 'y' (second half), got {update!r}")
@@ -124,7 +119,6 @@ class Coupling(Flow):
         self.features = features
         self.half = features // 2
         self.update = update
-        self.context_features = context_features
 
     def forward(self, x, context=None):
         return self._split_and_transform(x, context, self.couple)
@@ -137,9 +131,9 @@ class Coupling(Flow):
             raise ValueError(
                 f"{type(self).__name__} expects [batch, {self.features}], got {list(inputs.shape)}"
             )
-        check_context(context, self.context_features, inputs, type(self).__name__)
         kept, half = self.halves(inputs)
-        half, logdet = transform(half, with_context(kept, context))
+        condition = kept if context is None else torch.cat([kept, context.to(kept.dtype)], dim=1)
+        half, logdet = transform(half, condition)
         return torch.cat([kept, half] if self.update == "y" else [half, kept], dim=1), logdet
 
     def halves(self, features):
@@ -155,27 +149,7 @@ class Coupling(Flow):
         raise NotImplementedError
 
     def extra_repr(self):
-        conditional = f", context_features={self.context_features}" if self.context_features else ""
-        return f"features={self.features}, update={self.update!r}{conditional}"
-
-
-def with_context(condition, context):
-    """A coupling net's input: the conditioning half [batch, n/2], with the context
-    [batch, c] beside it when there is one."""
-    return condition if context is None else torch.cat([condition, context.to(condition.dtype)], dim=1)
-
-
-def check_context(context, context_features, inputs, name):
-    """A ValueError unless `context` is None for an unconditional layer, or [batch, c] for one of c features."""
-    if context is None and context_features == 0:
-        return
-    if context is None:
-        raise ValueError(f"{name} is conditional: give a context [batch, {context_features}]")
-    if context_features == 0:
-        raise ValueError(f"{name} is unconditional and takes no context (build it with context_features)")
-    if context.shape != (inputs.shape[0], context_features):
-        raise ValueError(f"{name} expects a context [{inputs.shape[0]}, {context_features}], "
-                         f"got {list(context.shape)}")
+        return f"features={self.features}, update={self.update!r}"
 
 
 class Permutation(Flow):
@@ -242,20 +216,24 @@ class DiagonalScaling(Flow):
 
 
 class CouplingFlow(Composite):
-    """Couplings over a data shape, with the prior: the common frame of NICE and RealNVP.
+    """Couplings over a data shape, with the prior: the common frame of NICE, RealNVP and
+    the spline flow.
 
     Inputs of shape [batch, *shape] are flattened to [batch, n]. For images ([C, H, W]),
     a fixed permutation puts the "white" squares of a checkerboard first and the "black"
-    ones second, so that each coupling transforms half the pixels given their
-    neighbours, and its inverse permutation comes last (which puts the pixels back in
+    ones second, so that each coupling transforms half the positions given their
+    neighbours, and its inverse permutation comes last (which puts every value back in
     place unless the layers in between reorder them too). z has the shape of x, and
-    permutations cost no log-det. `context_features`: the size c of the context [batch, c]
-    its couplings are conditioned on, 0 for couplings that take none. The flow's own
-    `context_features` is that, or its prior's where only the prior is conditional; then
-    `couplings_see_context` is False, and one pass of the couplings serves every context.
+    permutations cost no log-det.
+
+    A subclass says how many nets a block has (`NETS_PER_BLOCK`, in the order its
+    constructor takes them) and how many outputs each net gives per updated feature
+    (`outputs_per_feature`); `build` then makes them all.
     """
 
-    def __init__(self, prior, couplings, context_features=0):
+    NETS_PER_BLOCK = 2
+
+    def __init__(self, prior, couplings):
         check_even(prior.dim, type(self).__name__)
         layers = list(couplings)
         if len(prior.shape) == 3:
@@ -263,26 +241,34 @@ class CouplingFlow(Composite):
             layers = [Permutation(order)] + layers + [Permutation(order.argsort())]
         super().__init__(layers, prior)
         self.shape = prior.shape
-        self.couplings_see_context = context_features > 0
-        self.context_features = max(context_features, getattr(prior, "context_features", 0))
+
+    @classmethod
+    def build(cls, shape, blocks=4, hidden=512, depth=2, context_features=0, **options):
+        """The flow over data of `shape`: a standard Gaussian prior and `blocks` blocks whose
+        nets are MLPs n/2 (+ c) -> hidden (x depth) -> n/2 * outputs_per_feature; `options`
+        go to the constructor. c = context_features: the size of a context the nets also see
+        (conditional.py), 0 for none."""
+        prior = Gaussian(shape)
+        half = prior.dim // 2
+        outputs = half * cls.outputs_per_feature(**options)
+
+        def nets():
+            return [coupling_mlp(half + context_features, hidden, depth, out_features=outputs) for _ in range(blocks)]
+
+        return cls(prior, *(nets() for _ in range(cls.NETS_PER_BLOCK)), **options)
+
+    @staticmethod
+    def outputs_per_feature(**options):
+        """Outputs of each net per feature of the updated half: 1 for a shift or a log-scale."""
+        return 1
 
     def forward(self, x, context=None):
-        z, logdet = super().forward(self._flatten(x), self._couplings_context(context, x))
+        z, logdet = super().forward(self._flatten(x), context)
         return z.reshape(x.shape), logdet
 
     def inverse(self, z, context=None):
-        x, logdet = super().inverse(self._flatten(z), self._couplings_context(context, z))
+        x, logdet = super().inverse(self._flatten(z), context)
         return x.reshape(z.shape), logdet
-
-    def _couplings_context(self, context, inputs):
-        """The context where the couplings see it (they check it); else None. A context
-        given to a flow whose couplings do not see it is checked here: its shape for a
-        conditional prior, and refused by an unconditional flow."""
-        if self.couplings_see_context:
-            return context
-        if context is not None:
-            check_context(context, self.context_features, inputs, type(self).__name__)
-        return None
 
     def _flatten(self, inputs):
         if inputs.shape[1:] != self.shape:
@@ -290,7 +276,7 @@ class CouplingFlow(Composite):
                 f"{type(self).__name__} expects [batch, {', '.join(map(str, self.shape))}], "
                 f"got {list(inputs.shape)}"
             )
-        dtype = self.prior.mean.dtype  # the model's dtype: float64 after .double()
+        dtype = next(self.parameters()).dtype  # the model's dtype: float64 after .double()
         if inputs.dtype != dtype:
             raise TypeError(f"{type(self).__name__} holds {dtype} parameters and got a {inputs.dtype} input; "
                             f"convert one of them (inputs.to({dtype}) or model.to({inputs.dtype}))")
@@ -306,18 +292,11 @@ def checkerboard_order(shape):
     return torch.cat([torch.nonzero(black == 0).flatten(), torch.nonzero(black == 1).flatten()])
 
 
-def coupling_mlp(features, hidden, depth, activation=nn.ReLU, dropout=0.0, out_features=None):
-    """An MLP features -> hidden (x depth) -> out_features (default: features), the shape
-    of every coupling net.
-
-    With `dropout` > 0, each hidden layer's output is dropped with that probability in
-    training mode (a regulariser); in eval mode the net, and so the flow, is deterministic.
-    """
-    def hidden_activation():
-        return nn.Sequential(activation(), nn.Dropout(dropout)) if dropout > 0 else activation()
-
+def coupling_mlp(features, hidden, depth, out_features=None):
+    """An MLP features -> hidden (x depth, ReLU) -> out_features (default: features), the
+    shape of every coupling net."""
     shapes = [features] + [hidden] * depth + [out_features or features]
-    return MLP(shapes, [hidden_activation() for _ in range(depth)] + [None])
+    return MLP(shapes, [nn.ReLU() for _ in range(depth)] + [None])
 
 
 def zero_last_layer(net):
@@ -357,8 +336,6 @@ def demonstrate(flow, weight_std=0.3):
 
 
 if __name__ == "__main__":
-    from prior import Gaussian
-
     torch.manual_seed(0)
     # z = P(exp(s) * x) with s = (0.5, -1) and P swapping the two features: if z ~ N(0, I),
     # then x_i ~ N(0, exp(-s_i)^2), a density torch.distributions can write down.

@@ -6,11 +6,10 @@ affine map whose parameters are set from the data once, before training:
     z = exp(s) * x + b,    Jacobian diag(exp(s)),    logdet = sum(s)
 
 `data_dependent_init(flow, x)` runs one batch through the flow and sets each ActNorm so
-that its output has zero mean and unit variance per feature on that batch (for a
-conditional flow, step 11, it also sets the prior's mean of each context). On MNIST this
-matters: the logits (pixels.py) of background and of stroke pixels have very different
-means and spreads, and couplings that start as the identity, with bounded log-scales,
-take many steps to learn per-pixel scales that ActNorm gets from one batch.
+that its output has zero mean and unit variance per feature on that batch. This matters
+where features have very different means and spreads: couplings that start as the
+identity, with bounded log-scales, take many steps to learn per-feature scales that
+ActNorm gets from one batch.
 
 LUMixing (Glow's invertible 1x1 convolution, here over all the features) is a learned
 invertible linear map, kept in LU form so that its log-det costs nothing:
@@ -21,7 +20,7 @@ invertible linear map, kept in LU form so that its log-det costs nothing:
     x = U^-1 L^-1 P^T (z - b)          (two triangular solves, no matrix inverse)
 
 Between couplings it lets each one split the features along learned directions
-instead of fixed pixel halves.
+instead of fixed halves.
 """
 from contextlib import nullcontext
 
@@ -59,18 +58,13 @@ class ActNorm(DiagonalScaling):
 
 
 @torch.no_grad()
-def data_dependent_init(flow, x, context=None, class_spread=1.0):
-    """Set every ActNorm in `flow` from the batch `x` (each sees the output of the layers
-    before it; a conditional flow's couplings see `context` where they take it), and a conditional
-    prior's means from the latents of x, `class_spread` times farther apart (prior.py's
-    fit_context_means)."""
-    actnorms = [m for m in flow.modules() if isinstance(m, ActNorm)]
-    for actnorm in actnorms:
-        actnorm.initialize_on_next_forward = True
-    z, _ = flow(x, context)
-    if context is not None and getattr(flow.prior, "context_features", 0):
-        flow.prior.fit_context_means(z, context, class_spread)
-    return len(actnorms)
+def data_dependent_init(flow, x, context=None):
+    """Set every ActNorm in `flow` from the batch `x`, each from the output of the layers
+    before it; returns the batch's latents z [batch, ...] (a `context` is passed on, flow.py)."""
+    for module in flow.modules():
+        if isinstance(module, ActNorm):
+            module.initialize_on_next_forward = True
+    return flow(x, context)[0]
 
 
 class LUMixing(Flow):

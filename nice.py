@@ -19,15 +19,14 @@ without it every density NICE can express is the prior's, rearranged.
 """
 import torch
 
-from flow import Coupling, CouplingFlow, DiagonalScaling, check_even, coupling_mlp, zero_last_layer
-from prior import Gaussian
+from flow import Coupling, CouplingFlow, DiagonalScaling, zero_last_layer
 
 
 class AdditiveCoupling(Coupling):
     """g(h; c) = h + shift_net(c): one of f0 / f1 above, logdet = 0."""
 
-    def __init__(self, features, shift_net, update, context_features=0):
-        super().__init__(features, update, context_features)
+    def __init__(self, features, shift_net, update):
+        super().__init__(features, update)
         self.shift_net = zero_last_layer(shift_net)  # starts as the identity
 
     def couple(self, half, condition):
@@ -44,34 +43,20 @@ class NICE(CouplingFlow):
 
     prior: a `Gaussian` (its shape is the data's shape, n = its size, n even).
     vNets, uNets: one MLP R^{n/2} -> R^{n/2} per block for v and u
-    (R^{n/2 + c} -> R^{n/2} for a flow conditioned on a context of c = context_features).
+    (`NICE.build(shape, blocks, hidden, depth)` makes them).
     """
 
-    def __init__(self, prior, vNets, uNets, scaling=True, context_features=0):
-        check_even(prior.dim, "NICE")
+    def __init__(self, prior, vNets, uNets, scaling=True):
         if len(vNets) != len(uNets):
             raise ValueError(f"NICE needs one u per v, got {len(vNets)} v nets and {len(uNets)} u nets")
         n = prior.dim
         couplings = []
         for v, u in zip(vNets, uNets):
             # F = f0 o f1: data to latent applies f1 (y += u(x)) first, then f0 (x += v(y)).
-            couplings += [AdditiveCoupling(n, u, "y", context_features), AdditiveCoupling(n, v, "x", context_features)]
+            couplings += [AdditiveCoupling(n, u, "y"), AdditiveCoupling(n, v, "x")]
         if scaling:
             couplings.append(DiagonalScaling(n))
-        super().__init__(prior, couplings, context_features)
-
-    @classmethod
-    def build(cls, shape, blocks=4, hidden=1000, depth=2, context_features=0, nets_see_context=True):
-        """NICE over data of `shape` with MLP couplings n/2 (+ c) -> hidden (x depth) -> n/2.
-
-        c = context_features; with nets_see_context=False the nets take n/2 and only the prior
-        sees the context.
-        """
-        prior = Gaussian(shape, context_features)
-        half = prior.dim // 2
-        nets_context = context_features if nets_see_context else 0  # the context features the nets see
-        nets = lambda: [coupling_mlp(half + nets_context, hidden, depth, out_features=half) for _ in range(blocks)]
-        return cls(prior, nets(), nets(), context_features=nets_context)
+        super().__init__(prior, couplings)
 
 
 if __name__ == "__main__":

@@ -27,16 +27,15 @@ zero, so each coupling starts as the identity.
 import torch
 from torch import nn
 
-from flow import Coupling, CouplingFlow, Permutation, check_even, coupling_mlp, zero_last_layer
+from flow import Coupling, CouplingFlow, Permutation, zero_last_layer
 from layers import ActNorm, LUMixing
-from prior import Gaussian
 
 
 class AffineCoupling(Coupling):
     """g(h; c) = exp(s(c)) * h + t(c) with s = a * tanh(log_scale_net(c)): logdet = sum(s)."""
 
-    def __init__(self, features, shift_net, log_scale_net, update, context_features=0):
-        super().__init__(features, update, context_features)
+    def __init__(self, features, shift_net, log_scale_net, update):
+        super().__init__(features, update)
         self.shift_net = zero_last_layer(shift_net)
         self.log_scale_net = zero_last_layer(log_scale_net)
         self.log_scale_bound = nn.Parameter(torch.ones(features // 2))
@@ -62,8 +61,7 @@ class RealNVP(CouplingFlow):
 
     prior: a `Gaussian` (its shape is the data's shape, n = its size, n even).
     vNets, uNets, svNets, suNets: one MLP R^{n/2} -> R^{n/2} per block for each of
-    v, u, sv, su (R^{n/2 + c} -> R^{n/2} for a flow conditioned on a context of
-    c = context_features).
+    v, u, sv, su (`RealNVP.build(shape, blocks, hidden, depth, ...)` makes them).
     actnorm: put an ActNorm (layers.py) before each block; call
     `layers.data_dependent_init` with a batch of data before training.
     shuffle: reorder the features by a fixed random permutation between blocks (logdet 0).
@@ -71,9 +69,9 @@ class RealNVP(CouplingFlow):
     starts as such a permutation and replaces it.
     """
 
-    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False, shuffle=False, mixing=False,
-                 context_features=0):
-        check_even(prior.dim, "RealNVP")
+    NETS_PER_BLOCK = 4
+
+    def __init__(self, prior, vNets, uNets, svNets, suNets, actnorm=False, shuffle=False, mixing=False):
         counts = {len(vNets), len(uNets), len(svNets), len(suNets)}
         if len(counts) != 1:
             raise ValueError(
@@ -85,23 +83,8 @@ class RealNVP(CouplingFlow):
         for index, (v, u, sv, su) in enumerate(zip(vNets, uNets, svNets, suNets)):
             couplings += layers_between_blocks(index, n, actnorm, shuffle, mixing)
             # F = f0 o f1: data to latent applies f1 (transforms y) first, then f0 (x).
-            couplings += [AffineCoupling(n, u, su, "y", context_features), AffineCoupling(n, v, sv, "x", context_features)]
-        super().__init__(prior, couplings, context_features)
-
-    @classmethod
-    def build(cls, shape, blocks=4, hidden=1000, depth=2, actnorm=False, shuffle=False, mixing=False, dropout=0.0,
-              context_features=0, nets_see_context=True):
-        """RealNVP over data of `shape` with MLP couplings n/2 (+ c) -> hidden (x depth) -> n/2.
-
-        c = context_features; with nets_see_context=False the nets take n/2 and only the prior
-        sees the context.
-        """
-        prior = Gaussian(shape, context_features)
-        half = prior.dim // 2
-        nets_context = context_features if nets_see_context else 0  # the context features the nets see
-        nets = lambda: [coupling_mlp(half + nets_context, hidden, depth, dropout=dropout, out_features=half)
-                        for _ in range(blocks)]
-        return cls(prior, nets(), nets(), nets(), nets(), actnorm, shuffle, mixing, nets_context)
+            couplings += [AffineCoupling(n, u, su, "y"), AffineCoupling(n, v, sv, "x")]
+        super().__init__(prior, couplings)
 
 
 def layers_between_blocks(index, n, actnorm=False, shuffle=False, mixing=False):

@@ -1,11 +1,10 @@
 """Beyond RealNVP: rational-quadratic spline couplings (Durkan et al. 2019, "Neural Spline
 Flows", https://arxiv.org/abs/1906.04032).
 
-An affine coupling can only move and scale each pixel's distribution. In logit space an
-MNIST pixel is bimodal (a sharp background mode near logit(a) = -13.8, a broad one for the
-strokes), so it takes many affine layers to carve two modes out of a Gaussian. A spline
-coupling transforms each feature of the updated half by its own monotone curve, which can
-bend one mode into two in a single layer:
+An affine coupling can only move and scale each feature's distribution, so it takes many
+affine layers to carve a feature with two modes (say a sharp one and a broad one) out of
+a Gaussian. A spline coupling transforms each feature of the updated half by its own
+monotone curve, which can bend one mode into two in a single layer:
 
     g(h; c) = spline_{theta(c)}(h),    theta = net(c): per feature K widths, K heights, K-1 derivatives
 
@@ -29,7 +28,7 @@ with t = g - y_k and delta = d_k + d_{k+1} - 2 s_k it is the root in [0, 1] of t
     xi = 2c / (-b - sqrt(b^2 - 4ac))          (the form that does not cancel)
 
 Outside [-B, B] the map is the identity (log-det 0), which the end derivatives d_0 = d_K = 1
-join smoothly. B = 16 covers the logit range of pixels.py (|logit(1e-6)| = 13.8).
+join smoothly. The default B = 16 is wider than any value main.py's data takes (|y| <= 13.8).
 A zero-initialised last layer gives equal bins and d = 1 everywhere: the identity.
 """
 import math
@@ -37,8 +36,7 @@ import math
 import torch
 from torch.nn import functional
 
-from flow import Coupling, CouplingFlow, coupling_mlp, zero_last_layer
-from prior import Gaussian
+from flow import Coupling, CouplingFlow, zero_last_layer
 from realnvp import layers_between_blocks
 
 MIN_BIN = 1e-3  # m above: the smallest bin width or height, and the smallest inner derivative
@@ -89,12 +87,11 @@ def rational_quadratic_spline(h, widths, heights, derivatives, bound, inverse=Fa
 class SplineCoupling(Coupling):
     """g(h; c) = spline_{net(c)}(h) per feature of the updated half: logdet = sum log dg/dh.
 
-    net: an MLP from the conditioning half (n/2, + c context features) to n/2 * (3 bins - 1)
-    raw parameters.
+    net: an MLP from the conditioning half (n/2 features) to n/2 * (3 bins - 1) raw parameters.
     """
 
-    def __init__(self, features, net, update, bins=4, bound=16.0, context_features=0):
-        super().__init__(features, update, context_features)
+    def __init__(self, features, net, update, bins=4, bound=16.0):
+        super().__init__(features, update)
         self.net, self.bins, self.bound = zero_last_layer(net), bins, bound
         # softplus(raw) + MIN_BIN = 1 at raw = this: a zero net output means derivative 1.
         self.derivative_shift = math.log(math.expm1(1 - MIN_BIN))
@@ -119,38 +116,30 @@ class SplineCoupling(Coupling):
 
 class NeuralSplineFlow(CouplingFlow):
     """Blocks F = f0 o f1 of spline couplings over the prior's shape, with RealNVP's
-    ActNorm, shuffles or LU mixing between blocks (realnvp.layers_between_blocks)."""
+    ActNorm, shuffles or LU mixing between blocks (realnvp.layers_between_blocks).
 
-    def __init__(self, prior, uNets, vNets, bins=4, bound=16.0, actnorm=False, shuffle=False, mixing=False,
-                 context_features=0):
-        if len(uNets) != len(vNets):
-            raise ValueError(f"NeuralSplineFlow needs one v per u, got {len(uNets)} u nets and {len(vNets)} v nets")
+    vNets, uNets: one MLP R^{n/2} -> R^{n/2 * (3 bins - 1)} per block for f0 and f1
+    (`NeuralSplineFlow.build(shape, blocks, hidden, depth, bins=...)` makes them).
+    """
+
+    def __init__(self, prior, vNets, uNets, bins=4, bound=16.0, actnorm=False, shuffle=False, mixing=False):
+        if len(vNets) != len(uNets):
+            raise ValueError(f"NeuralSplineFlow needs one u per v, got {len(vNets)} v nets and {len(uNets)} u nets")
         n, layers = prior.dim, []
-        for index, (u, v) in enumerate(zip(uNets, vNets)):
+        for index, (v, u) in enumerate(zip(vNets, uNets)):
             layers += layers_between_blocks(index, n, actnorm, shuffle, mixing)
-            layers += [SplineCoupling(n, u, "y", bins, bound, context_features),
-                       SplineCoupling(n, v, "x", bins, bound, context_features)]
-        super().__init__(prior, layers, context_features)
+            layers += [SplineCoupling(n, u, "y", bins, bound), SplineCoupling(n, v, "x", bins, bound)]
+        super().__init__(prior, layers)
 
-    @classmethod
-    def build(cls, shape, blocks=4, hidden=512, depth=2, bins=4, bound=16.0, actnorm=False, shuffle=False,
-              mixing=False, dropout=0.0, context_features=0, nets_see_context=True):
-        """Spline couplings over data of `shape` with MLPs n/2 (+ c) -> hidden (x depth) -> n/2 * (3 bins - 1).
-
-        c = context_features; with nets_see_context=False the nets take n/2 and only the prior
-        sees the context.
-        """
-        prior = Gaussian(shape, context_features)
-        half = prior.dim // 2
-        nets_context = context_features if nets_see_context else 0  # the context features the nets see
-        nets = lambda: [coupling_mlp(half + nets_context, hidden, depth, dropout=dropout,
-                                     out_features=half * (3 * bins - 1)) for _ in range(blocks)]
-        return cls(prior, nets(), nets(), bins, bound, actnorm, shuffle, mixing, nets_context)
+    @staticmethod
+    def outputs_per_feature(bins=4, **options):
+        """K widths, K heights and K - 1 inner derivatives per updated feature."""
+        return 3 * bins - 1
 
 
 if __name__ == "__main__":
     from flow import demonstrate
 
     torch.manual_seed(0)
-    # Small random weights: large ones make splines so steep that a round trip loses digits.
+    # Small random weights: large ones make splines so steep that a round trip loses precision.
     demonstrate(NeuralSplineFlow.build([8], blocks=2, hidden=32), weight_std=0.1)
