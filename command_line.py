@@ -1,8 +1,9 @@
-"""The command line of main.py: its flags, their defaults, their checks, and the line that
-says what a run was asked to train.
+"""The command line of main.py, in one place: its flags, their checks, the recipe that
+--conditional names, what --resume takes from a checkpoint, and the line that says what a
+run trains.
 
-The model's flags come from models.py and the training step's from training.py, so the
-benchmark takes the same ones; a bad value or combination is `parser.error`: one line, exit 2.
+The flags a learner uses come first in --help; the model's size, the training and the
+hardware after them. A bad value or combination is `parser.error`: one line, exit 2.
 """
 import argparse
 import math
@@ -10,16 +11,16 @@ import math
 import torch
 
 import distributed
-from models import IMAGE_SHAPE, add_model_arguments, model_config
-from training import add_step_arguments, check_step_arguments
+from conditional import RECIPES, Recipe
+from models import IMAGE_SHAPE, MODELS, model_config
 
-# --conditional prior's defaults for the four flags below (and models.py's for its convolutional
-# branches), chosen by the runs in docs/results.md; --conditional nets (and an unconditional flow)
-# keep the neutral values, 0, 0, 1 and 0.
-CLASSIFIER_WEIGHT = 6.0
-CLASSIFIER_MARGIN = 30.0
-CLASS_SPREAD = 1.5
-TRANSLATE = 1
+# What an unconditional run trains with, where a conditional one takes its recipe's.
+NO_RECIPE = Recipe(conv_channels=0, translate=0, classifier_weight=0.0, classifier_margin=0.0, class_spread=1.0)
+# Flags that --resume may take anew: how long to go on, where the data is, and the hardware.
+MAY_CHANGE_ON_RESUME = ("epochs", "time_budget", "data", "mirror", "out", "resume", "precision", "compile", "device")
+
+
+NOT_GIVEN = object()
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -29,98 +30,160 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; python {self.prog} --help lists the flags\n")
 
 
-def parse_args(argv=None):
-    """main.py's flags from `argv` (default: sys.argv), checked; `args.model_config` is the model's config."""
+class ResumeError(Exception):
+    """A flag given with --resume that disagrees with the run's own: reported in one line."""
+
+
+def make_parser():
     parser = OneLineErrors(
         prog="main.py",
-        description="Train a normalizing flow (RealNVP, NICE or spline couplings) on MNIST and report test bits/dim.")
-    add_model_arguments(parser)
-    training = add_step_arguments(parser)  # the step's flags: --batch-size, --lr, --precision, ...
-    training.add_argument("--epochs", type=int, default=12, help="passes over the training images (default: %(default)s)")
-    training.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                          help="stop training once this much wall time has passed (the evaluations between epochs "
-                               "included), then evaluate and save as at an epoch's end")
-    training.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    training.add_argument("--translate", type=int, default=None, metavar="PIXELS",
-                          help="augment: move each training image, each time it is trained on, by a random whole "
-                               "number of pixels from -PIXELS to PIXELS along each axis, filling in black; the "
-                               "validation and test splits are scored unmoved; give it again with --resume "
-                               f"(default: {TRANSLATE} for --conditional prior, else 0, off)")
-    training.add_argument("--classifier-weight", type=float, default=None, metavar="W",
-                          help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
-                               f"by likelihood (conditional.py; default {CLASSIFIER_WEIGHT:g} for --conditional prior; "
-                               "0 for nets, where it would cost ten passes of the flow an image; the train bits/dim "
-                               "then count it too)")
-    training.add_argument("--classifier-margin", type=float, default=None, metavar="M",
-                          help="with --classifier-weight: the cross-entropy keeps paying until the right digit's "
-                               "log p(x | d) beats every other's by M nats (conditional.py; default "
-                               f"{CLASSIFIER_MARGIN:g} for --conditional prior, 0 for nets)")
-    training.add_argument("--class-spread", type=float, default=None, metavar="S",
-                          help="with --conditional: the prior's class means start S times the mean latent of each "
-                               f"digit's images (prior.py; default {CLASS_SPREAD:g} for --conditional prior, 1 for nets), "
-                               "so that the digits start farther apart; a fresh start only, --resume keeps the "
-                               "checkpoint's means)")
-    files = parser.add_argument_group("files")
-    files.add_argument("--data", default="data", help="MNIST folder, downloaded into DATA/MNIST/raw when missing (default: %(default)s)")
-    files.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
-                       help="extra MNIST mirror tried first (repeatable), e.g. a local folder with the .gz files")
-    files.add_argument("--default-mirrors", action=argparse.BooleanOptionalAction, default=True,
-                       help="try the built-in internet mirrors after --mirror (default: on)")
-    files.add_argument("--out", default="runs/mnist", help="output folder: checkpoints, metrics.jsonl, sample grids (default: %(default)s)")
-    files.add_argument("--resume", action="store_true", help="continue from OUT/latest.pt")
-    other = parser.add_argument_group("evaluate or sample a checkpoint instead of training")
-    other.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
-    other.add_argument("--sample", metavar="CKPT", help="write grids of samples from a checkpoint into OUT")
-    other.add_argument("--n", type=int, default=64,
-                       help="number of samples per grid for --sample (a conditional checkpoint's grid of all ten "
-                            "digits has rows of 10; default: %(default)s)")
-    other.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7, 0.5],
-                       help="prior standard deviations for --sample: one grid each (default: 1 0.7 0.5)")
-    other.add_argument("--pairs", type=int, default=8,
-                       help="--sample also interpolates in latent space between this many pairs of test digits "
-                            "(default: %(default)s)")
-    other.add_argument("--digit", type=int, nargs="+", action="extend", default=[], choices=range(10),
-                       metavar="DIGIT", help="--sample of a conditional checkpoint: grids of these digits 0-9 "
-                                             "(repeatable), one per digit and temperature; default: one grid with a "
-                                             "row of each digit")
+        description="Train a normalizing flow (spline couplings, RealNVP or NICE) on MNIST and report test "
+                    "bits/dim; or evaluate or sample a checkpoint.")
+    run = parser.add_argument_group("what to run")
+    run.add_argument("--epochs", type=int, default=12, help="passes over the training images (default: %(default)s)")
+    run.add_argument("--time-budget", type=float, metavar="SECONDS",
+                     help="stop training after this much wall time (evaluations included), then evaluate and save")
+    run.add_argument("--out", default="runs/mnist",
+                     help="output folder: checkpoints, metrics.jsonl, curves and samples (default: %(default)s)")
+    run.add_argument("--resume", action="store_true",
+                     help="go on from OUT/latest.pt with its run's flags; of those given again, only "
+                          f"{', '.join('--' + name.replace('_', '-') for name in MAY_CHANGE_ON_RESUME[:4])} and the "
+                          "hardware flags may differ")
+    run.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
+    run.add_argument("--sample", metavar="CKPT",
+                     help="write grids of samples and latent interpolations of a checkpoint into OUT")
+    run.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7, 0.5],
+                     help="prior standard deviations for --sample: one grid each (default: 1 0.7 0.5)")
+    run.add_argument("--digit", type=int, nargs="+", action="extend", default=[], choices=range(10), metavar="DIGIT",
+                     help="--sample of a conditional checkpoint: a grid of each of these digits 0-9 (default: "
+                          "one grid with a row of each digit)")
+    run.add_argument("--conditional", nargs="?", const="prior", choices=list(RECIPES), metavar="WHERE",
+                     help="model p(image | digit) (conditional.py) and classify digits by likelihood, with a "
+                          "recipe printed at the start: 'prior' (the default) puts the digit in the prior's mean "
+                          f"and trains with {describe_recipe(RECIPES['prior'])}; 'nets' also feeds it to every coupling "
+                          f"net and trains with {describe_recipe(RECIPES['nets'])}")
+    run.add_argument("--classifier-weight", type=float, metavar="W",
+                     help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
+                          "by likelihood (conditional.py) (default: the recipe's)")
+    add_model_flags(parser.add_argument_group("model"))
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default="data",
+                      help="MNIST folder, downloaded into DATA/MNIST/raw when missing (default: %(default)s)")
+    data.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
+                      help="an MNIST mirror tried before the public ones (repeatable), e.g. a folder with the four "
+                           ".gz files")
+    add_training_flags(parser.add_argument_group("training and hardware"))
+    return parser
 
+
+def add_model_flags(group):
+    """The flags that choose and size the model (main.py's, and the benchmark's)."""
+    group.add_argument("--model", choices=list(MODELS), default="spline",
+                       help="spline couplings (spline.py), RealNVP's affine ones (realnvp.py) or NICE's additive "
+                            "ones (nice.py) (default: %(default)s)")
+    group.add_argument("--blocks", type=int, default=4,
+                       help="blocks F = f0 o f1, two couplings each (default: %(default)s)")
+    group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP (default: %(default)s)")
+    group.add_argument("--conv-channels", type=int, metavar="C",
+                       help="give every coupling net a convolutional branch of C channels that sees the "
+                            "conditioning half as an image (convolution.py) (default: 0, none; the --conditional "
+                            "prior recipe's 32)")
+
+
+def add_training_flags(group):
+    """The flags of the training step and the hardware (main.py's, and the benchmark's)."""
+    group.add_argument("--lr", type=float, default=2e-3,
+                       help="peak AdamW learning rate, warm-up then cosine decay to 0 (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=256, help="images per step and process (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                       help="the coupling nets' precision in training (the rest stays float32); auto: bf16 where it "
+                            "is measured fast, else fp32 (default: %(default)s)")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                       help="compile the training loss with torch.compile: faster steps after a minute or two "
+                            "(default: on)")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                       help="auto picks cuda, then mps, then cpu (default: %(default)s)")
+
+
+def describe_recipe(settings):
+    """What a recipe (a `Recipe`, or a run's completed flags) trains with, in words."""
+    moves = f"images moved by up to {settings.translate} pixel" if settings.translate else "no moves"
+    branches = f"branches of {settings.conv_channels} channels" if settings.conv_channels else "no branches"
+    return (f"{branches}, {moves}, classifier weight {settings.classifier_weight:g} with a margin of "
+            f"{settings.classifier_margin:g} nats, class means spread {settings.class_spread:g}")
+
+
+def parse_args(argv=None):
+    """main.py's flags from `argv` (default: sys.argv), checked and completed (`complete`);
+    `args.given` holds the flags given explicitly, which --resume checks against the run's."""
+    parser = make_parser()
     args = parser.parse_args(argv)
-    args.model_config = model_config(args, parser)
-    check_step_arguments(args, parser)
-    for flag in ("n", "pairs"):
-        if getattr(args, flag) <= 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    margin_given = args.classifier_margin is not None
-    for flag, tuned, neutral, allowed, rule in (
-            ("classifier_weight", CLASSIFIER_WEIGHT, 0.0, lambda value: value >= 0, "zero or more"),
-            ("classifier_margin", CLASSIFIER_MARGIN, 0.0, lambda value: value >= 0, "zero or more"),
-            ("class_spread", CLASS_SPREAD, 1.0, lambda value: value > 0, "a positive number")):
-        value, name = getattr(args, flag), "--" + flag.replace("_", "-")
-        if value is None:
-            setattr(args, flag, tuned if args.conditional == "prior" else neutral)
-        elif not args.conditional:
-            parser.error(f"{name} applies to a conditional flow: give --conditional too")
-        elif not (math.isfinite(value) and allowed(value)):
-            parser.error(f"{name} must be {rule}, got {value}")
-    if margin_given and args.classifier_margin and not args.classifier_weight:
-        parser.error("--classifier-margin shapes the classifier's cross-entropy: give a --classifier-weight above 0 too")
-    if args.translate is None:
-        args.translate = TRANSLATE if args.conditional == "prior" else 0
-    if not 0 <= args.translate < min(IMAGE_SHAPE[1:]):
-        parser.error(f"--translate must lie in 0..{min(IMAGE_SHAPE[1:]) - 1} pixels, got {args.translate}")
-    if args.epochs < 0:
-        parser.error(f"--epochs must be zero or more, got {args.epochs}")
-    positive = {"--temperature": args.temperature, "--time-budget": [] if args.time_budget is None else [args.time_budget]}
+    # Parsed again from a namespace of markers, which only the flags given replace.
+    unset = {name: None if isinstance(value, list) else NOT_GIVEN for name, value in vars(args).items()}
+    again = vars(parser.parse_args(argv, argparse.Namespace(**unset)))
+    args.given = {name: value for name, value in again.items() if value is not NOT_GIVEN and value is not None}
+    check(args, parser.error)
+    return complete(args)
+
+
+def check(args, error):
+    """`error(message)` for a value out of range or a combination that means nothing."""
+    positive = {"--epochs": [args.epochs + 1], "--blocks": [args.blocks], "--hidden": [args.hidden],
+                "--batch-size": [args.batch_size], "--lr": [args.lr], "--temperature": args.temperature,
+                "--time-budget": [] if args.time_budget is None else [args.time_budget]}
     for flag, values in positive.items():
         if not all(math.isfinite(value) and value > 0 for value in values):
-            parser.error(f"{flag} must be a positive number, got {' '.join(map(str, values))}")
+            shown = " ".join(map(str, values)) if flag != "--epochs" else str(args.epochs)
+            rule = "zero or more" if flag == "--epochs" else "a positive number"
+            error(f"{flag} must be {rule}, got {shown}")
+    for flag, value in (("--conv-channels", args.conv_channels), ("--classifier-weight", args.classifier_weight)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            error(f"{flag} must be zero or more, got {value}")
+    if args.classifier_weight is not None and not args.conditional:
+        error("--classifier-weight applies to a conditional flow: give --conditional too")
+    if args.resume and (args.eval or args.sample):
+        error("--resume goes on training; --eval and --sample read a checkpoint of their own: give one")
     if args.eval and args.sample:
-        parser.error("--eval and --sample are separate jobs: give one")
+        error("--eval and --sample are separate jobs: give one")
     if args.digit and not args.sample:
-        parser.error("--digit chooses what --sample draws: give --sample CKPT too")
+        error("--digit chooses what --sample draws: give --sample CKPT too")
     if args.sample and distributed.started_by_torchrun():
-        parser.error("--sample runs in one process: start it with python, not torchrun")
+        error("--sample runs in one process: start it with python, not torchrun")
+
+
+def complete(args):
+    """Fill in what the --conditional recipe sets (flags not given take its values) and the model config."""
+    recipe = RECIPES[args.conditional] if args.conditional else NO_RECIPE
+    for name in ("conv_channels", "classifier_weight"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(recipe, name))
+    args.translate, args.classifier_margin, args.class_spread = (recipe.translate, recipe.classifier_margin,
+                                                                 recipe.class_spread)
+    args.model_config = model_config(args.model, args.blocks, args.hidden, args.conv_channels, args.conditional)
     return args
+
+
+def resumed_args(args, saved_flags, path):
+    """The run's own flags from its checkpoint (`saved_flags`), with what this command gives
+    anew where it may change; ResumeError for a flag given again that differs."""
+    for name, value in args.given.items():
+        saved = saved_flags.get(name)
+        if name not in MAY_CHANGE_ON_RESUME and value != saved:
+            raise ResumeError(f"--{name.replace('_', '-')} {value} differs from the run's {saved} ({path}); --resume "
+                              "goes on with the run's own flags: leave it out, or start a new run with another --out")
+    merged = argparse.Namespace(**{**saved_flags, **{name: getattr(args, name) for name in MAY_CHANGE_ON_RESUME}})
+    merged.given = args.given
+    complete(merged)
+    changed = [f"--{name.replace('_', '-')} {getattr(args, name)} (the run had {saved_flags.get(name)})"
+               for name in args.given if name in MAY_CHANGE_ON_RESUME and name not in ("out", "resume")
+               and getattr(args, name) != saved_flags.get(name)]
+    return merged, changed
+
+
+def saved_flags(args):
+    """The flags a checkpoint keeps: all of them, completed, but the per-command ones."""
+    return {name: value for name, value in vars(args).items() if name not in ("given", "model_config")}
 
 
 def describe_run(args, model, device, precision, n_images):
@@ -129,16 +192,9 @@ def describe_run(args, model, device, precision, n_images):
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     nets = str(precision or torch.float32).removeprefix("torch.")
     compiling = "; the first step compiles the training loss (a minute or two)" if args.compile else ""
-    moved = (f", each moved by up to {args.translate} pixel{'s' * (args.translate > 1)} along each axis"
-             if args.translate else "")
-    conditional = f", conditioned on the digit (in the {config['conditional']})" if config.get("conditional") else ""
-    if args.class_spread != 1 and not args.resume:  # a resumed run keeps its checkpoint's means
-        conditional += f", class means spread {args.class_spread:g} x"
-    if args.classifier_weight:
-        conditional += f", loss + {args.classifier_weight:g} x the classifier's cross-entropy"
-        if args.classifier_margin:
-            conditional += f" with a margin of {args.classifier_margin:g} nats"
-    conv = f" + convolutions of {config['conv_channels']} channels" if config.get("conv_channels") else ""
-    return (f"{config['model']}{conditional}: {config['blocks']} blocks, hidden {config['hidden']} x {config['depth']}{conv}, "
-            f"{parameters:.1f}M parameters, on {device}{processes}, coupling nets in {nets}; "
-            f"{n_images} training images{moved}{compiling}")
+    conditional = (f", conditioned on the digit in the {config['conditional']} (recipe --conditional "
+                   f"{config['conditional']}: {describe_recipe(args)})" if config["conditional"] else "")
+    conv = f" + convolutions of {config['conv_channels']} channels" if config["conv_channels"] else ""
+    return (f"{config['model']}: {config['blocks']} blocks, hidden {config['hidden']}{conv}, "
+            f"{parameters:.1f}M parameters{conditional}; on {device}{processes}, coupling nets in {nets}; "
+            f"{n_images} training images{compiling}")

@@ -13,15 +13,13 @@ handles precision and compile). Each epoch then scores bits/dim on the validatio
 (the last 5,000 training images, which choose best.pt) and on the test split, and writes
 into --out samples_EPOCH.png, a line of metrics.jsonl, curves.png (bits/dim by epoch and by
 seconds), latest.pt and best.pt. Ctrl-C or SIGTERM saves latest.pt (checkpoints.py), and
---resume goes on from it.
+--resume goes on from it with the run's own flags.
 
 With --conditional the flow models p(image | digit) (conditional.py): the same bits/dim,
-given each image's label, and a loss that adds --classifier-weight times the cross-entropy
-of classifying each image by likelihood (with --classifier-margin, until it is right by a
-margin). --conditional's defaults also give the coupling nets convolutional branches and
-move the training images by up to a pixel (command_line.py, models.py). After the last
-epoch the test split is also scored by the marginal bits/dim and the accuracy of that
-classifier.
+given each image's label, trained with the recipe of where the digit enters (printed at
+the start: convolutional branches, moved images, and a loss that adds W times the
+cross-entropy of classifying each image by likelihood). After the last epoch the test
+split is also scored by the marginal bits/dim and the accuracy of that classifier.
 """
 import math
 import signal
@@ -34,10 +32,10 @@ from tqdm import tqdm
 
 import checkpoints
 import distributed
-from command_line import describe_run, parse_args
+from command_line import ResumeError, describe_run, parse_args, resumed_args, saved_flags
+from conditional import (ConditionalFlow, LikelihoodAndClassification, label_context, log_density_by_digit,
+                         marginal_log_density, same_digit_pairs)
 from distributed import print_once, rank, world_size
-from conditional import (LikelihoodAndClassification, label_context, log_density_by_digit, marginal_log_density,
-                         same_digit_pairs)
 from download_mnist import MnistDownloadError, ensure_mnist, load_mnist
 from layers import data_dependent_init
 from models import build_model
@@ -49,6 +47,8 @@ from training import (SetupError, TrainingClock, TrainingLosses, TrainingStep, c
 EVAL_NOISE_SEED = 1234  # dequantization noise for evaluation: the same figure every time
 EVAL_BATCH = 1000
 CLASSIFY_DRAWS = 4  # draws of dequantization noise an image when a conditional model also classifies
+SAMPLES = 64  # images in each grid of --sample
+PAIRS = 8  # pairs of test digits --sample interpolates between
 INIT_BATCH = 1000  # images that set the ActNorm layers before training
 VALIDATION_SIZE = 5000  # the last training images (at most a tenth), held out to choose best.pt
 LOG_INTERVAL = 20  # steps between reads of the losses (progress bar, divergence) and of the clock
@@ -57,6 +57,10 @@ MAX_BAD_STEPS = 20  # skipped steps in a row (non-finite loss or gradients) befo
 
 class UsageError(Exception):
     """A bad flag combination or output folder: reported in one line, exit status 2."""
+
+
+class DataError(Exception):
+    """MNIST missing, corrupt, or not to be had from any mirror: reported in one line, exit status 1."""
 
 
 class TrainingDiverged(Exception):
@@ -73,16 +77,11 @@ def get_data(args, split):
     """
     try:
         if rank() == 0:
-            ensure_mnist(args.data, mirrors=args.mirror, default_mirrors=args.default_mirrors)
+            ensure_mnist(args.data, mirrors=args.mirror)
         distributed.barrier()
         images, labels = load_mnist(args.data, split)
-    except MnistDownloadError as error:
-        print(error, file=sys.stderr)
-        print("or let main.py install it: python main.py --mirror /path/to/folder/with/the/gz/files", file=sys.stderr)
-        raise SystemExit(1)
-    except (OSError, ValueError) as error:  # a missing or corrupt file
-        print(f"main.py: error: {error}", file=sys.stderr)
-        raise SystemExit(1)
+    except (MnistDownloadError, OSError, ValueError) as error:  # no mirror answered, or a missing or corrupt file
+        raise DataError(error) from None
     return images.unsqueeze(1), labels
 
 
@@ -92,6 +91,11 @@ def get_data(args, split):
 def train(args, device):
     """Train (or go on with --resume), evaluating and saving every epoch; returns (model, test figures)."""
     out = output_folder(args)
+    resumed = checkpoints.load(out / "latest.pt") if args.resume else None
+    if resumed:
+        args, changed = resumed_args(args, resumed["flags"], out / "latest.pt")
+        for change in changed:
+            print_once(f"resuming with {change}")
     (all_train, all_labels), test = get_data(args, "train"), get_data(args, "test")
     valid_size = max(1, min(VALIDATION_SIZE, len(all_train) // 10))
     valid = all_train[-valid_size:], all_labels[-valid_size:]
@@ -99,20 +103,24 @@ def train(args, device):
     torch.manual_seed(args.seed)
     config, alpha = args.model_config, args.model_config["alpha"]
     model = build_model(config).to(device)
+    conditional = isinstance(model, ConditionalFlow)
     # A conditional flow sees each image's one-hot digit; an unconditional one, nothing.
-    contexts = label_context(all_labels[:-valid_size]).to(device) if model.context_features else None
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    contexts = label_context(all_labels[:-valid_size]).to(device) if conditional else None
+    optimizer = make_optimizer(model, args.lr)
     data_order = torch.Generator().manual_seed(args.seed)  # the same order in every process
-    run = checkpoints.Run(config, vars(args), model, optimizer, data_order)
-    if args.resume:
-        run.restore(out / "latest.pt")
+    run = checkpoints.Run(config, saved_flags(args), model, optimizer, data_order)
+    if resumed:
+        run.restore(resumed, out / "latest.pt")
         print_once(f"resuming from {out / 'latest.pt'} after epoch {run.epochs_done}")
     else:
         if rank() == 0:  # a fresh run replaces the checkpoints of an older one in --out, and its log
             (out / "metrics.jsonl").unlink(missing_ok=True)
         init_index = torch.randperm(len(train_images), generator=data_order)[:INIT_BATCH].to(device)
-        data_dependent_init(model, dequantize_and_logit(train_images[init_index], alpha)[0],
-                            None if contexts is None else contexts[init_index], args.class_spread)
+        y = dequantize_and_logit(train_images[init_index], alpha)[0]
+        context = None if contexts is None else contexts[init_index]
+        z = data_dependent_init(model, y, context)  # every ActNorm, from this batch
+        if conditional:  # each digit's mean: its images' mean latent, spread apart
+            model.prior.fit_context_means(z, context, args.class_spread)
     if rank() > 0:  # each process draws its own dequantization noise
         torch.manual_seed(args.seed + 1000 * run.epochs_done + rank())
     # The loss, -mean log p(v) (pixels.py), and one step on it: backward, clip, AdamW (training.py).
@@ -137,7 +145,7 @@ def train(args, device):
             # A conditional flow's last epoch also classifies the test split (CLASSIFY_DRAWS x 10 flow passes an
             # image in the nets).
             last = epoch == args.epochs or (args.time_budget is not None and run.train_seconds >= args.time_budget)
-            test_figures = evaluate(model, *test, alpha, device, classify=last and model.context_features > 0)
+            test_figures = evaluate(model, *test, alpha, device, classify=last and conditional)
             metrics = {"epoch": epoch, "train_bpd": bits_per_dim(-losses.epoch_mean()),
                        "valid_bpd": evaluate(model, *valid, alpha, device)["bpd"],
                        **{f"test_{name}": value for name, value in test_figures.items()},
@@ -150,9 +158,9 @@ def train(args, device):
             checkpoints.save(out / "latest.pt", run.state())
             print(f"\ninterrupted: saved {out / 'latest.pt'} after epoch {run.epochs_done} (resume with --resume)")
         raise SystemExit(130)
-    if test_figures is None or model.context_features and "accuracy" not in test_figures:
+    if test_figures is None or conditional and "accuracy" not in test_figures:
         # No epoch left to train, or the time budget ran out during the last epoch's evaluation.
-        test_figures = evaluate(model, *test, alpha, device, classify=model.context_features > 0)
+        test_figures = evaluate(model, *test, alpha, device, classify=conditional)
         if rank() == 0 and (out / "metrics.jsonl").exists():
             checkpoints.add_to_last_metrics(out / "metrics.jsonl",
                                             {f"test_{name}": value for name, value in test_figures.items()})
@@ -205,16 +213,14 @@ def save_epoch(run, out, metrics):
     curves.png is drawn again from all of metrics.jsonl.
     """
     improved = math.isfinite(metrics["valid_bpd"]) and metrics["valid_bpd"] < run.best_valid_bpd
-    if improved:
+    if improved:  # the weights, for --eval and --sample
         run.best_valid_bpd = metrics["valid_bpd"]
-    state = run.state()
-    if improved:
-        checkpoints.save(out / "best.pt", state)
-    checkpoints.save(out / "latest.pt", state)
+        checkpoints.save(out / "best.pt", run.state(resumable=False))
+    checkpoints.save(out / "latest.pt", run.state())  # and the optimizer, for --resume
     checkpoints.append_metrics(out / "metrics.jsonl", metrics)
     save_curves(checkpoints.read_metrics(out / "metrics.jsonl"), out / "curves.png")
     grid, alpha = out / f"samples_{metrics['epoch']:03d}.png", run.config["alpha"]
-    if run.model.context_features:
+    if isinstance(run.model, ConditionalFlow):
         save_digit_rows(run.model, grid, alpha, temperature=0.7)
     else:
         save_samples(run.model, grid, alpha, temperature=0.7)
@@ -259,7 +265,7 @@ def evaluate(model, images, labels, alpha, device, classify=False):
                 log_p = by_digit.gather(1, batch_labels.long().unsqueeze(1)).squeeze(1)
                 totals[2] += (by_digit.argmax(1) == batch_labels).sum()
             else:
-                context = label_context(batch_labels) if model.context_features else None
+                context = label_context(batch_labels) if isinstance(model, ConditionalFlow) else None
                 log_p = log_density(model, batch, alpha, generator, context)
             totals[0] += bits_per_dim(log_p).double().sum()
     bpd, marginal_bpd, accuracy = (distributed.all_reduce(totals) / len(images)).tolist()
@@ -283,24 +289,24 @@ def sample(args, device):
     state = checkpoints.load(args.sample)
     model = checkpoints.model_from(state, args.sample, device)
     alpha, out = state["model_config"]["alpha"], output_folder(args)
-    conditional = model.context_features > 0
+    conditional = isinstance(model, ConditionalFlow)
     if args.digit and not conditional:
         raise UsageError(f"--digit needs a conditional checkpoint (trained with --conditional); {args.sample} is not")
     for temperature in args.temperature:
         name = f"samples_t{temperature:g}"
         if not conditional:
-            save_samples(model, out / f"{name}.png", alpha, n=args.n, temperature=temperature)
-            print(f"wrote {args.n} samples at temperature {temperature:g} to {out / f'{name}.png'}")
+            save_samples(model, out / f"{name}.png", alpha, n=SAMPLES, temperature=temperature)
+            print(f"wrote {SAMPLES} samples at temperature {temperature:g} to {out / f'{name}.png'}")
         elif not args.digit:
             save_digit_rows(model, out / f"{name}.png", alpha, temperature=temperature)
             print(f"wrote a row of samples of each digit 0-9 at temperature {temperature:g} to {out / f'{name}.png'}")
         for digit in args.digit:
             path = out / f"{name}_digit{digit}.png"
-            save_samples(model, path, alpha, n=args.n, temperature=temperature, digit=digit)
-            print(f"wrote {args.n} samples of {digit} at temperature {temperature:g} to {path}")
+            save_samples(model, path, alpha, n=SAMPLES, temperature=temperature, digit=digit)
+            print(f"wrote {SAMPLES} samples of {digit} at temperature {temperature:g} to {path}")
     images, labels = get_data(args, "test")
     # A conditional flow decodes each path as one digit, so its pairs show the same digit.
-    pairs = same_digit_pairs(labels, args.pairs) if conditional else torch.arange(min(2 * args.pairs, len(images)))
+    pairs = same_digit_pairs(labels, PAIRS) if conditional else torch.arange(min(2 * PAIRS, len(images)))
     if len(pairs) < 2:
         print("no interpolations: the test split has no two images of one digit")
         return
@@ -331,18 +337,21 @@ def main(argv=None):
             state = checkpoints.load(args.eval)
             model = checkpoints.model_from(state, args.eval, device)
             figures = evaluate(model, *get_data(args, "test"), state["model_config"]["alpha"], device,
-                               classify=model.context_features > 0)
+                               classify=isinstance(model, ConditionalFlow))
             print_once(describe_figures(figures))
             return 0
         if args.sample:
             sample(args, device)
         else:
             train(args, device)
-    except (UsageError, SetupError, checkpoints.CheckpointError) as error:
+    except (UsageError, ResumeError, SetupError, checkpoints.CheckpointError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
-    except TrainingDiverged as error:
+    except (TrainingDiverged, checkpoints.SaveError) as error:
         print(f"main.py: training stopped: {error}", file=sys.stderr)
+        return 1
+    except DataError as error:
+        print(f"main.py: error: {error}", file=sys.stderr)
         return 1
     finally:
         distributed.stop()

@@ -33,9 +33,11 @@ def save_digit_rows(model, path, alpha, per_digit=10, temperature=1.0):
 
 
 def _save_grid(model, path, alpha, n, temperature, digits, columns):
-    context = None if digits is None else label_context(digits).to(model.prior.mean.device)
     with evaluation_mode(model):
-        y = model.sample(n, temperature=temperature, context=context)
+        if digits is None:
+            y = model.sample(n, temperature=temperature)
+        else:
+            y = model.sample(n, temperature=temperature, context=label_context(digits).to(model.prior.mean.device))
     save_image(logit_to_pixels(y.float(), alpha), path, nrow=columns)
 
 
@@ -53,7 +55,8 @@ def save_interpolations(model, images, path, alpha, steps=10, labels=None):
         generator = torch.Generator(device=images.device).manual_seed(INTERPOLATION_NOISE_SEED)
         z, _ = model(dequantize_and_logit(images, alpha, generator)[0], context)
         pair_context = None if context is None else context[0::2]
-        mean = model.prior.mean_given(pair_context, len(z) // 2).unsqueeze(-4)  # [1 or pairs, 1, 1, 28, 28]
+        mean = model.prior.mean if context is None else model.prior.mean_given(pair_context)
+        mean = mean.unsqueeze(-4)  # [1 or pairs, 1, 1, 28, 28]
         z_a, z_b = z[0::2].unsqueeze(1) - mean, z[1::2].unsqueeze(1) - mean  # [pairs, 1, 1, 28, 28] each
         angles = torch.linspace(0, math.pi / 2, steps, device=z.device).view(1, steps, 1, 1, 1)
         path_z = mean + torch.cos(angles) * z_a + torch.sin(angles) * z_b  # [pairs, steps, 1, 28, 28]

@@ -62,9 +62,10 @@ def logit_to_pixels(y, alpha):
 
 def log_density(flow, images, alpha, generator=None, context=None):
     """log p(v) [B] of dequantized uint8 images under the flow (step 3); log p(v | context)
-    for a conditional flow."""
+    for a conditional flow (conditional.py)."""
     y, logdet = dequantize_and_logit(images, alpha, generator)
-    return flow.logProbability(y, context) + logdet
+    log_p_y = flow.logProbability(y) if context is None else flow.logProbability(y, context)
+    return log_p_y + logdet
 
 
 def bits_per_dim(log_p_v):

@@ -17,7 +17,6 @@ exact bijection with an exact log-determinant. float16 gradients underflow unles
 loss is scaled up: its scale starts at 2^16, halves after a skipped step and doubles
 after 2000 good ones in a row. bfloat16 has float32's range and needs no scale.
 """
-import argparse
 import math
 import time
 from contextlib import contextmanager
@@ -30,37 +29,6 @@ import distributed
 MAX_GRAD_NORM = 100.0  # gradients are clipped to this norm
 FLOAT16_LOSS_SCALE = 2.0**16  # --precision fp16: the loss scale at the start
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def add_step_arguments(parser):
-    """The flags of the training step, as main.py and the benchmark take them; returns their group."""
-    group = parser.add_argument_group("training")
-    group.add_argument("--batch-size", type=int, default=256, help="images per gradient step (per process; default: %(default)s)")
-    group.add_argument("--lr", type=float, default=2e-3,
-                       help="peak AdamW learning rate (cosine decay to 0; 2e-3 beat 1e-3 over 12 epochs, docs/results.md; "
-                            "default: %(default)s)")
-    group.add_argument("--weight-decay", type=float, default=0.0,
-                       help="decoupled weight decay (AdamW): each step also multiplies every parameter by 1 - lr * this "
-                            "(default: %(default)s)")
-    group.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
-                       help="the coupling nets' precision in training (the rest stays float32); "
-                            "auto picks bf16 where it is measured fast, else fp32 (default: %(default)s)")
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                       help="compile the training loss with torch.compile: faster steps after a minute or two of "
-                            "compiling (a C++ compiler is needed on a CPU; without one, training goes on uncompiled; default: on)")
-    group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                       help="auto picks cuda, then mps, then cpu (default: %(default)s)")
-    return group
-
-
-def check_step_arguments(args, parser):
-    """A bad value of the step's flags is `parser.error` (exit 2)."""
-    if args.batch_size <= 0:
-        parser.error(f"--batch-size must be positive, got {args.batch_size}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        parser.error(f"--lr must be a positive number, got {args.lr}")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        parser.error(f"--weight-decay must be zero or more, got {args.weight_decay}")
 
 
 class SetupError(Exception):
@@ -116,10 +84,9 @@ def nets_autocast(device, precision):
     return torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None)
 
 
-def make_optimizer(model, lr, weight_decay=0.0):
-    """AdamW, w <- w - lr * (adam_step + weight_decay * w) (plain Adam when weight_decay is 0),
-    in its fused kernel: one pass over the weights."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+def make_optimizer(model, lr):
+    """Adam (AdamW without weight decay) in its fused kernel: one pass over the weights."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)
 
 
 def cosine_learning_rate(peak, progress, warmup=0.02):

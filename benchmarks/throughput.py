@@ -3,10 +3,10 @@
     python benchmarks/throughput.py                   # the defaults of main.py: compiled, and uncompiled beside
     python benchmarks/throughput.py --no-compile      # uncompiled steps only
     python benchmarks/throughput.py --batch-size 512 --repeats 7
-    python benchmarks/throughput.py --model realnvp --mixing   # main.py's model flags
+    python benchmarks/throughput.py --model realnvp --conv-channels 32   # main.py's model flags
 
-It takes main.py's model flags (models.py) and the training flags that set the speed:
---batch-size, --lr, --weight-decay, --device, --compile (on by default, as in main.py), and --precision for the mixed
+It takes main.py's model flags (command_line.py) and the training flags that set the speed:
+--batch-size, --lr, --device, --compile (on by default, as in main.py), and --precision for the mixed
 precision to set against float32 (auto: bf16 or fp16 as main.py picks them, and bf16
 where main.py would pick float32). Prints, for that model:
 
@@ -39,11 +39,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models import IMAGE_SHAPE, add_model_arguments, build_model, model_config  # noqa: E402
+from command_line import add_model_flags, add_training_flags  # noqa: E402
+from models import IMAGE_SHAPE, build_model, model_config  # noqa: E402
 from pixels import NegativeLogLikelihood  # noqa: E402
 from test import MLP  # noqa: E402
-from training import (TrainingStep, add_step_arguments, check_step_arguments, evaluation_mode,  # noqa: E402
-                      make_optimizer, nets_autocast, pick_device, pick_precision)
+from training import (TrainingStep, evaluation_mode, make_optimizer, nets_autocast, pick_device,  # noqa: E402
+                      pick_precision)
 
 
 def synchronize(device):
@@ -64,7 +65,7 @@ def full_step(flags, config, precision, images, compile):
     """main.py's training step on a freshly built model: returns (run(steps), the model)."""
     torch.manual_seed(0)
     model = build_model(config).to(images[0].device)
-    optimizer = make_optimizer(model, flags.lr, flags.weight_decay)
+    optimizer = make_optimizer(model, flags.lr)
     step = TrainingStep(NegativeLogLikelihood(model, config["alpha"]), optimizer, precision, compile)
 
     def run(steps):
@@ -105,7 +106,7 @@ class NetsAlone(nn.Module):
 def nets_alone(flags, model, config, device, precision, images):
     """The nets of (a copy of) `model` trained alone through main.py's own TrainingStep: the compute floor."""
     objective = NetsAlone(copy.deepcopy(model), images[0], config["alpha"], device, precision)
-    step = TrainingStep(objective, make_optimizer(objective, flags.lr, flags.weight_decay), precision)
+    step = TrainingStep(objective, make_optimizer(objective, flags.lr), precision)
 
     def run(steps):
         for _ in range(steps):
@@ -133,15 +134,12 @@ def parse_flags(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=5, help="timings per figure (the median is reported)")
-    add_model_arguments(parser)
-    add_step_arguments(parser)  # main.py's: --batch-size, --lr, --weight-decay, --precision, --compile, --device
+    add_model_flags(parser)
+    add_training_flags(parser)  # main.py's: --lr, --batch-size, --seed, --precision, --compile, --device
     flags = parser.parse_args(argv)
-    flags.model_config = model_config(flags, parser)
-    check_step_arguments(flags, parser)
-    if min(flags.steps, flags.repeats) <= 0:
-        parser.error("--steps and --repeats must be positive")
-    if flags.conditional:
-        parser.error("the benchmark times unconditional models: leave out --conditional")
+    flags.model_config = model_config(flags.model, flags.blocks, flags.hidden, flags.conv_channels or 0)
+    if min(flags.steps, flags.repeats, flags.batch_size, flags.blocks, flags.hidden) <= 0:
+        parser.error("--steps, --repeats, --batch-size, --blocks and --hidden must be positive")
     if flags.precision == "fp32":
         parser.error("--precision names the mixed precision to set against float32: auto, bf16 or fp16")
     return flags

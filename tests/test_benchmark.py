@@ -10,7 +10,7 @@ spec = importlib.util.spec_from_file_location("throughput", Path(__file__).paren
 throughput = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(throughput)
 
-TINY_MODEL = ["--blocks", "2", "--hidden", "8", "--depth", "1", "--batch-size", "4", "--device", "cpu", "--no-compile"]
+TINY_MODEL = ["--blocks", "2", "--hidden", "8", "--batch-size", "4", "--device", "cpu", "--no-compile"]
 RATES = ["fp32_step", "mixed_step", "fp32_nets", "mixed_nets", "sampling"]
 
 

@@ -15,18 +15,24 @@ from download_mnist import load_mnist
 from fake_mnist import write_fake_mnist_raw
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--depth", "1", "--batch-size", "40", "--device", "cpu",
+TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--batch-size", "40", "--device", "cpu",
               "--precision", "fp32", "--no-compile"]
 # float32 nets on every machine, no timing of bfloat16 at start, and no compiling (but where compiling is tested)
 
-# Trains through main.train like `torchrun main.py` does, then saves each process's weights.
+# Trains through main.train like `torchrun main.py` does, then saves each process's weights
+# (or runs main.py's --eval), on the fake MNIST whose MD5s it is given.
 WRAPPER = """
+import json
 import sys
 import torch
 sys.path.insert(0, sys.argv.pop(1))
 import distributed
+import download_mnist
 import main
 import training
+download_mnist.FILES, download_mnist.MIRRORS = json.loads(sys.argv.pop(1)), ()
+if "--eval" in sys.argv:
+    sys.exit(main.main(sys.argv[1:]))
 args = main.parse_args(sys.argv[1:])
 device = distributed.start(training.pick_device(args.device))
 model, _ = main.train(args, device)
@@ -53,15 +59,16 @@ def torchrun(script, *args, processes=2):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    write_fake_mnist_raw(root, n_train=400, n_test=2500, seed=0)  # 3 evaluation batches
-    return root
+    md5s = write_fake_mnist_raw(root, n_train=400, n_test=2500, seed=0)  # 3 evaluation batches
+    return root, json.dumps(md5s)
 
 
 def test_two_processes_train_like_one(data_root, tmp_path):
+    data_root, md5s = data_root
     wrapper = tmp_path / "train_distributed.py"
     wrapper.write_text(WRAPPER)
     out = tmp_path / "run"
-    torchrun(wrapper, REPO, "--data", data_root, "--out", out, *TINY_MODEL, "--epochs", "2")
+    torchrun(wrapper, REPO, md5s, "--data", data_root, "--out", out, *TINY_MODEL, "--epochs", "2")
 
     # Only the first process wrote: one metrics line per epoch, one set of checkpoints.
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -85,8 +92,8 @@ def test_two_processes_train_like_one(data_root, tmp_path):
     assert abs(single - metrics[-1]["test_bpd"]) < 1e-9
 
     # A distributed --eval of the checkpoint agrees too, and --resume continues under torchrun.
-    printed = torchrun(REPO / "main.py", "--data", data_root, "--eval", out / "latest.pt", "--device", "cpu")
+    printed = torchrun(wrapper, REPO, md5s, "--data", data_root, "--eval", out / "latest.pt", "--device", "cpu")
     assert printed.strip().splitlines() == [f"test bits/dim: {single:.4f}"]
-    torchrun(wrapper, REPO, "--data", data_root, "--out", out, *TINY_MODEL, "--epochs", "3", "--resume")
+    torchrun(wrapper, REPO, md5s, "--data", data_root, "--out", out, *TINY_MODEL, "--epochs", "3", "--resume")
     assert checkpoints.load(out / "latest.pt")["epoch"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3

@@ -7,14 +7,13 @@ from PIL import Image
 
 import pictures
 from conditional import label_context
-from models import IMAGE_SHAPE, build_model
+from models import IMAGE_SHAPE, build_model, model_config
 from pixels import dequantize_and_logit
 
 
-def tiny_flow(**conditional):
+def tiny_flow(conditional=None):
     torch.manual_seed(0)
-    return build_model({"model": "realnvp", "shape": list(IMAGE_SHAPE), "alpha": 1e-6, "blocks": 1, "hidden": 16,
-                        "depth": 1, "actnorm": True, "shuffle": True, "mixing": False, "dropout": 0.0, **conditional})
+    return build_model(model_config("realnvp", blocks=1, hidden=16, conditional=conditional))
 
 
 def test_sample_grid_is_square_and_not_blank(tmp_path):

@@ -8,7 +8,7 @@ from torch import nn
 
 import training
 from fake_mnist import fake_mnist_arrays
-from models import IMAGE_SHAPE, build_model
+from models import build_model, model_config
 from pixels import NegativeLogLikelihood
 from training import TrainingLosses, TrainingStep, cosine_learning_rate, make_optimizer, pick_precision
 
@@ -16,9 +16,8 @@ needs_cxx = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
                                reason="torch.compile on a CPU needs a C++ compiler")
 
 
-def tiny_flow():
-    return build_model({"model": "realnvp", "shape": list(IMAGE_SHAPE), "alpha": 1e-6, "blocks": 1, "hidden": 16,
-                        "depth": 1, "actnorm": True, "shuffle": True, "mixing": False, "dropout": 0.0})
+def tiny_flow(model="realnvp"):
+    return build_model(model_config(model, blocks=1, hidden=16))
 
 
 def random_images(n):
@@ -38,13 +37,13 @@ def test_step_matches_clipping_then_plain_adamw_by_hand(max_norm, precision):
     torch.manual_seed(0)
     model, reference = tiny_flow(), tiny_flow()
     reference.load_state_dict(model.state_dict())
-    step = TrainingStep(NegativeLogLikelihood(model, 1e-6), make_optimizer(model, lr=1e-2, weight_decay=0.3),
-                        precision, max_grad_norm=max_norm)
-    reference_adam = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.3, foreach=False)
+    step = TrainingStep(NegativeLogLikelihood(model, 1e-6), make_optimizer(model, lr=1e-2), precision,
+                        max_grad_norm=max_norm)
+    reference_adam = torch.optim.Adam(reference.parameters(), lr=1e-2, foreach=False)
     scaler = torch.amp.GradScaler("cpu", init_scale=training.FLOAT16_LOSS_SCALE, enabled=precision is not None)
     images = random_images(50)
     norms = []
-    for seed in range(25):
+    for seed in range(12):
         torch.manual_seed(seed)  # the same dequantization noise for both
         step(images)
         torch.manual_seed(seed)
@@ -82,7 +81,7 @@ def test_a_non_finite_step_is_skipped_and_never_reaches_the_weights(precision, f
     model = tiny_flow()
     loss = NegativeLogLikelihood(model, 1e-6)
     bad = NanGradients(loss) if fault == "nan-gradients" else lambda images: loss(images) * math.nan
-    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.5)  # decay alone would move the weights
+    optimizer = make_optimizer(model, lr=1e-3)
     images = random_images(50)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     assert torch.isnan(TrainingStep(bad, optimizer, precision)(images))  # reported as skipped
@@ -106,14 +105,6 @@ def test_precision_flags_and_the_auto_rule(monkeypatch):
     for speedup, expected in [(2.0, torch.bfloat16), (1.1, None), (0.011, None)]:  # bfloat16 kept where 1.3x faster
         monkeypatch.setattr(training, "bfloat16_speedup", lambda: speedup)
         assert pick_precision("auto", cpu) == expected
-
-
-def test_weight_decay_shrinks_a_weight_with_no_gradient_by_lr_times_decay():
-    weight = nn.Parameter(torch.ones(3))
-    optimizer = make_optimizer(nn.ParameterList([weight]), lr=0.1, weight_decay=0.5)
-    weight.grad = torch.zeros(3)
-    optimizer.step()
-    assert torch.allclose(weight, torch.full((3,), 1 - 0.1 * 0.5))
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
@@ -196,7 +187,7 @@ def test_compiled_step_computes_the_eager_loss_and_gradients(monkeypatch):
     with torch._dynamo.config.patch(error_on_recompile=True), torch._inductor.config.patch(fallback_random=True):
         for compile in (False, True):
             torch.manual_seed(0)
-            model = tiny_flow()
+            model = tiny_flow("nice")  # the smallest graph to compile
             step = TrainingStep(NegativeLogLikelihood(model, 1e-6), make_optimizer(model, lr=1e-3), compile=compile)
             losses = [step(images) for _ in range(2)]  # the second step runs the compiled graph again
             results.append((losses, [p.grad for p in model.parameters()]))
