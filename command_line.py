@@ -129,15 +129,15 @@ def parse_args(argv=None):
 
 def check(args, error):
     """`error(message)` for a value out of range or a combination that means nothing."""
-    positive = {"--epochs": [args.epochs + 1], "--blocks": [args.blocks], "--hidden": [args.hidden],
-                "--batch-size": [args.batch_size], "--lr": [args.lr], "--temperature": args.temperature,
+    positive = {"--blocks": [args.blocks], "--hidden": [args.hidden], "--batch-size": [args.batch_size],
+                "--lr": [args.lr], "--temperature": args.temperature,
                 "--time-budget": [] if args.time_budget is None else [args.time_budget]}
     for flag, values in positive.items():
         if not all(math.isfinite(value) and value > 0 for value in values):
-            shown = " ".join(map(str, values)) if flag != "--epochs" else str(args.epochs)
-            rule = "zero or more" if flag == "--epochs" else "a positive number"
-            error(f"{flag} must be {rule}, got {shown}")
-    for flag, value in (("--conv-channels", args.conv_channels), ("--classifier-weight", args.classifier_weight)):
+            error(f"{flag} must be a positive number, got {' '.join(map(str, values))}")
+    zero_or_more = {"--epochs": args.epochs, "--conv-channels": args.conv_channels,
+                    "--classifier-weight": args.classifier_weight}
+    for flag, value in zero_or_more.items():
         if value is not None and not (math.isfinite(value) and value >= 0):
             error(f"{flag} must be zero or more, got {value}")
     if args.classifier_weight is not None and not args.conditional:

@@ -188,7 +188,7 @@ def train_epoch(args, run, step, images, contexts, losses, clock, epoch):
             group["lr"] = cosine_learning_rate(args.lr, progress)
         batch_index = order[index * args.batch_size : (index + 1) * args.batch_size]
         context = None if contexts is None else contexts[batch_index]
-        batch = translate_images(images[batch_index], args.translate)  # --translate 0: the images as they are
+        batch = translate_images(images[batch_index], args.translate)  # 0 pixels: the images as they are
         losses.add(step(batch, context))  # the loss, NaN where the step was skipped
         trained += len(batch_index) * world_size()
         if (index + 1) % LOG_INTERVAL == 0 or index + 1 == steps:

@@ -39,7 +39,7 @@ def dequantize_and_logit(images, alpha, generator=None):
 
 def translate_images(images, pixels):
     """Move each uint8 image [B, C, H, W] by its own random whole number of pixels in
-    -pixels..pixels along each axis, black coming in: main.py's --translate, which moves
+    -pixels..pixels along each axis, black coming in: the --conditional recipe's moves of
     training batches only. pixels=0 returns the images and draws no random numbers."""
     if pixels == 0:
         return images

@@ -81,7 +81,7 @@ class NetsAlone(nn.Module):
     Its "loss" is sum_k <net_k(x_k), g_k> for fixed random g_k, so that backward hands each
     net the ready-made output gradient g_k in place of the flow's backward. Each input
     needs a gradient exactly where it does in the flow (all but the nets that read the
-    data itself, as the first block's do with --no-actnorm). The batch is ignored.
+    data itself, as the first block's would without ActNorm). The batch is ignored.
     """
 
     def __init__(self, flow, images, alpha, device, precision):
