@@ -272,6 +272,16 @@ def evaluate(model, images, labels, alpha, device, classify=False):
     return {"bpd": bpd, "marginal_bpd": marginal_bpd, "accuracy": accuracy} if classify else {"bpd": bpd}
 
 
+def evaluate_checkpoint(path, args, device):
+    """--eval: print the test figures of the checkpoint at `path`; returns them."""
+    state = checkpoints.load(path)
+    model = checkpoints.model_from(state, path, device)
+    figures = evaluate(model, *get_data(args, "test"), state["model_config"]["alpha"], device,
+                       classify=isinstance(model, ConditionalFlow))
+    print_once(describe_figures(figures))
+    return figures
+
+
 def describe_figures(figures):
     """One line of evaluate's figures."""
     line = f"test bits/dim: {figures['bpd']:.4f}"
@@ -334,13 +344,8 @@ def main(argv=None):
         if distributed.started_by_torchrun():
             device = distributed.start(device)
         if args.eval:
-            state = checkpoints.load(args.eval)
-            model = checkpoints.model_from(state, args.eval, device)
-            figures = evaluate(model, *get_data(args, "test"), state["model_config"]["alpha"], device,
-                               classify=isinstance(model, ConditionalFlow))
-            print_once(describe_figures(figures))
-            return 0
-        if args.sample:
+            evaluate_checkpoint(args.eval, args, device)
+        elif args.sample:
             sample(args, device)
         else:
             train(args, device)

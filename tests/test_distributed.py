@@ -19,8 +19,9 @@ TINY_MODEL = ["--blocks", "1", "--hidden", "16", "--batch-size", "40", "--device
               "--precision", "fp32", "--no-compile"]
 # float32 nets on every machine, no timing of bfloat16 at start, and no compiling (but where compiling is tested)
 
-# Trains through main.train like `torchrun main.py` does, then saves each process's weights
-# (or runs main.py's --eval), on the fake MNIST whose MD5s it is given.
+# Trains through main.train like `torchrun main.py` does, saves each process's weights, and
+# evaluates the run's latest.pt as `torchrun main.py --eval` does, on the fake MNIST whose
+# MD5s it is given; evaluation batches of 100 images, so that 250 test images make three.
 WRAPPER = """
 import json
 import sys
@@ -31,12 +32,13 @@ import download_mnist
 import main
 import training
 download_mnist.FILES, download_mnist.MIRRORS = json.loads(sys.argv.pop(1)), ()
-if "--eval" in sys.argv:
-    sys.exit(main.main(sys.argv[1:]))
+main.EVAL_BATCH = 100
 args = main.parse_args(sys.argv[1:])
 device = distributed.start(training.pick_device(args.device))
 model, _ = main.train(args, device)
 torch.save(model.state_dict(), f"{args.out}/weights_rank{distributed.rank()}.pt")
+distributed.barrier()  # rank 0 has saved the last epoch's latest.pt
+main.evaluate_checkpoint(f"{args.out}/latest.pt", args, device)
 distributed.stop()
 """
 
@@ -59,7 +61,7 @@ def torchrun(script, *args, processes=2):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    md5s = write_fake_mnist_raw(root, n_train=400, n_test=2500, seed=0)  # 3 evaluation batches
+    md5s = write_fake_mnist_raw(root, n_train=400, n_test=250, seed=0)  # 3 evaluation batches
     return root, json.dumps(md5s)
 
 
@@ -68,7 +70,7 @@ def test_two_processes_train_like_one(data_root, tmp_path):
     wrapper = tmp_path / "train_distributed.py"
     wrapper.write_text(WRAPPER)
     out = tmp_path / "run"
-    torchrun(wrapper, REPO, md5s, "--data", data_root, "--out", out, *TINY_MODEL, "--epochs", "2")
+    printed = torchrun(wrapper, REPO, md5s, "--data", data_root, "--out", out, *TINY_MODEL, "--epochs", "2")
 
     # Only the first process wrote: one metrics line per epoch, one set of checkpoints.
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -87,13 +89,15 @@ def test_two_processes_train_like_one(data_root, tmp_path):
     state = checkpoints.load(out / "latest.pt")
     model = checkpoints.model_from(state, out / "latest.pt", torch.device("cpu"))
     test_images, test_labels = load_mnist(data_root, "test")
-    single = main.evaluate(model, test_images.unsqueeze(1), test_labels, state["model_config"]["alpha"],
-                           torch.device("cpu"))["bpd"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(main, "EVAL_BATCH", 100)  # the batches, and so the noise, of the two processes
+        single = main.evaluate(model, test_images.unsqueeze(1), test_labels, state["model_config"]["alpha"],
+                               torch.device("cpu"))["bpd"]
     assert abs(single - metrics[-1]["test_bpd"]) < 1e-9
 
-    # A distributed --eval of the checkpoint agrees too, and --resume continues under torchrun.
-    printed = torchrun(wrapper, REPO, md5s, "--data", data_root, "--eval", out / "latest.pt", "--device", "cpu")
-    assert printed.strip().splitlines() == [f"test bits/dim: {single:.4f}"]
+    # A distributed --eval of the checkpoint agrees too, printed once, and --resume continues under torchrun.
+    assert printed.strip().splitlines()[-1] == f"test bits/dim: {single:.4f}"
+    assert printed.count("test bits/dim: ") == 2  # the final line of training, and --eval's
     torchrun(wrapper, REPO, md5s, "--data", data_root, "--out", out, *TINY_MODEL, "--epochs", "3", "--resume")
     assert checkpoints.load(out / "latest.pt")["epoch"] == 3
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
