@@ -16,8 +16,11 @@ from models import IMAGE_SHAPE, MODELS, model_config
 
 # What an unconditional run trains with, where a conditional one takes its recipe's.
 NO_RECIPE = Recipe(conv_channels=0, translate=0, classifier_weight=0.0, classifier_margin=0.0, class_spread=1.0)
-# Flags that --resume may take anew: how long to go on, where the data is, and the hardware.
-MAY_CHANGE_ON_RESUME = ("epochs", "time_budget", "data", "mirror", "out", "resume", "precision", "compile", "device")
+# Flags that --resume may take anew: how long to go on and where the data is, the hardware,
+# and the command's own (which folder, whether to resume).
+GO_ON_FLAGS = ("epochs", "time_budget", "data", "mirror")
+HARDWARE_FLAGS = ("precision", "compile", "device")
+MAY_CHANGE_ON_RESUME = GO_ON_FLAGS + HARDWARE_FLAGS + ("out", "resume")
 
 
 NOT_GIVEN = object()
@@ -47,7 +50,7 @@ def make_parser():
                      help="output folder: checkpoints, metrics.jsonl, curves and samples (default: %(default)s)")
     run.add_argument("--resume", action="store_true",
                      help="go on from OUT/latest.pt with its run's flags; of those given again, only "
-                          f"{', '.join('--' + name.replace('_', '-') for name in MAY_CHANGE_ON_RESUME[:4])} and the "
+                          f"{', '.join('--' + name.replace('_', '-') for name in GO_ON_FLAGS)} and the "
                           "hardware flags may differ")
     run.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
     run.add_argument("--sample", metavar="CKPT",
@@ -176,7 +179,7 @@ def resumed_args(args, saved_flags, path):
     merged.given = args.given
     complete(merged)
     changed = [f"--{name.replace('_', '-')} {getattr(args, name)} (the run had {saved_flags.get(name)})"
-               for name in args.given if name in MAY_CHANGE_ON_RESUME and name not in ("out", "resume")
+               for name in args.given if name in GO_ON_FLAGS + HARDWARE_FLAGS
                and getattr(args, name) != saved_flags.get(name)]
     return merged, changed
 

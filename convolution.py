@@ -112,7 +112,7 @@ def add_image_branches(flow, channels):
             condition, updated = layer.halves(pixels)
             for name, mlp in list(layer.named_children()):
                 net = ImageCouplingNet(mlp, flow.shape, channels, condition, updated)
-                setattr(layer, name, net.to(next(mlp.parameters())))
+                setattr(layer, name, net.to(next(mlp.parameters())))  # the MLP's device and dtype
     return flow
 
 

@@ -13,10 +13,10 @@ The one convention, followed by every class in the project:
     logProbability(x) = prior.logProbability(z) + logdet,   (z, logdet) = forward(x)
     sample(batchSize) = inverse(prior.sample(batchSize))[0]
 
-`forward` and `inverse` also take an optional `context`, None in every step up to
-training: where it is given, the couplings hand it to their nets beside the
-conditioning half and every other layer passes it on untouched, so that a flow can model
-p(x | context) (conditional.py, after training). The Jacobian is that of x -> z either way.
+`forward` and `inverse` also take an optional `context` c, left at None until the last
+step (conditional.py): where it is given, each coupling hands it to its nets beside the
+conditioning half and every other layer passes it on untouched, so that one flow models
+p(x | c) for every c. The Jacobian is that of x -> z at the given c. Until then, ignore it.
 
 `sample` and `logProbability` are written once, here. A subclass writes `forward` and
 `inverse`; a flow made of layers (`Composite`) adds their log-determinants and runs the
@@ -109,6 +109,10 @@ class Coupling(Flow):
     into the coupling nets (with the context beside it, where one is given: the nets then
     take n/2 + c inputs, and g still changes only the updated half). Subclasses write
     `couple(half, condition) -> (half', logdet)` and `uncouple(half', condition) -> (half, logdet)`.
+
+    The nets may compute in a lower precision (under torch.autocast): a coupling casts
+    their outputs to the data's dtype first, so that g, its log-det and its inverse are
+    computed in the data's precision and the inverse undoes the forward exactly.
     """
 
     def __init__(self, features, update):

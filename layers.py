@@ -72,12 +72,11 @@ class LUMixing(Flow):
 
     L and U share one square `weight`: its strictly lower triangle is L's (below a
     diagonal of ones), its strictly upper triangle U's (above the diagonal exp(log_scale)).
-    It starts at L = U = I, a random permutation like the shuffles between blocks, and
-    learns from there. (Glow starts from a random rotation; over hundreds of features
-    the L and U factors of a rotation are badly conditioned, and training went badly:
-    18.9 bits/dim over the first epoch.)
-    Under autocast the products stay in float32, like the rest of the flow outside the
-    coupling nets, so that the inverse undoes them exactly.
+    It starts at L = U = I after a random permutation, and learns from there. (Glow starts
+    from a random rotation; over hundreds of features the L and U factors of a rotation
+    are badly conditioned, and training starts far behind.)
+    Under autocast the products run in the inputs' dtype, like everything outside the
+    coupling nets (flow.Coupling), so that the inverse undoes them exactly.
     """
 
     def __init__(self, features, generator=None):
@@ -113,3 +112,24 @@ def without_autocast(device_type):
     if torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     return nullcontext()  # e.g. the meta device, which has no autocast
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    # Three features with very different means and spreads.
+    x = torch.randn(256, 3, dtype=torch.float64) * torch.tensor([0.1, 1.0, 10.0]) + torch.tensor([5.0, 0.0, -3.0])
+    z = data_dependent_init(ActNorm(3).double(), x)
+    print(f"x: means {[round(m, 2) for m in x.mean(0).tolist()]}, standard deviations "
+          f"{[round(s, 2) for s in x.std(0).tolist()]}")
+    print(f"ActNorm set from that batch: z means {z.mean(0).abs().max():.1e} at most, standard deviations "
+          f"{[round(s, 4) for s in z.std(0).tolist()]}")
+
+    mixing = LUMixing(3).double()
+    with torch.no_grad():
+        for parameter in mixing.parameters():
+            parameter.normal_()
+    z, logdet = mixing(x[:1])
+    matrix = torch.autograd.functional.jacobian(lambda v: mixing(v.unsqueeze(0))[0][0], x[0])  # [3, 3]: W
+    print(f"LUMixing: logdet = sum(log_scale) = {logdet.item():.6f}, slogdet of W (autograd) "
+          f"{torch.linalg.slogdet(matrix).logabsdet:.6f}")
+    print(f"round trip max |x - inverse(forward(x))| = {(mixing.inverse(z)[0] - x[:1]).abs().max():.2e}")

@@ -158,7 +158,7 @@ def train(args, device):
             checkpoints.save(out / "latest.pt", run.state())
             print(f"\ninterrupted: saved {out / 'latest.pt'} after epoch {run.epochs_done} (resume with --resume)")
         raise SystemExit(130)
-    if test_figures is None or conditional and "accuracy" not in test_figures:
+    if test_figures is None or (conditional and "accuracy" not in test_figures):
         # No epoch left to train, or the time budget ran out during the last epoch's evaluation.
         test_figures = evaluate(model, *test, alpha, device, classify=conditional)
         if rank() == 0 and (out / "metrics.jsonl").exists():

@@ -30,7 +30,6 @@ class AdditiveCoupling(Coupling):
         self.shift_net = zero_last_layer(shift_net)  # starts as the identity
 
     def couple(self, half, condition):
-        # .to: the net may compute in a lower precision such as bfloat16; the sum stays in the data's dtype.
         shifted = half + self.shift_net(condition).to(half.dtype)
         return shifted, half.new_zeros(half.shape[0])
 

@@ -41,8 +41,6 @@ class AffineCoupling(Coupling):
         self.log_scale_bound = nn.Parameter(torch.ones(features // 2))
 
     def _shift_and_log_scale(self, half, condition):
-        # The nets may run in lower precision (autocast); the affine update and the
-        # log-det stay in the data's dtype.
         shift = self.shift_net(condition).to(half.dtype)
         log_scale = self.log_scale_bound * torch.tanh(self.log_scale_net(condition).to(half.dtype))
         return shift, log_scale

@@ -1,6 +1,6 @@
 """Flows you can watch: NICE, RealNVP and spline couplings bend the plane.
 
-Before MNIST's 784 dimensions, the flows of nice.py, realnvp.py and spline.py on points in
+Before the 784 dimensions of an image, the flows of nice.py, realnvp.py and spline.py on points in
 the plane, where all that a flow does can be drawn. Four data sets are generated in code,
 and each flow is trained by maximum likelihood on a fresh batch every step:
 
@@ -24,7 +24,7 @@ flow stretches a cell of the latent grid the density thins, where it squeezes on
   its slope, N(g(h)) dg/dh: a curve steep in two places and flat between turns one mode of
   the prior into two in a single layer.
 
-Read after spline.py and before the MNIST steps: it uses only the flows built so far.
+Read after spline.py and before the data steps: it uses only the flows built so far.
 """
 import io
 import math

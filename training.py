@@ -99,7 +99,7 @@ def cosine_learning_rate(peak, progress, warmup=0.02):
 
 @contextmanager
 def evaluation_mode(model):
-    """Eval mode (no dropout) and inference mode for a block; the model returns to its mode after."""
+    """Eval mode and inference mode for a block; the model returns to its mode after."""
     was_training = model.training
     model.eval()
     try:
