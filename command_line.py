@@ -52,7 +52,9 @@ def make_parser():
                      help="go on from OUT/latest.pt with its run's flags; of those given again, only "
                           f"{', '.join('--' + name.replace('_', '-') for name in GO_ON_FLAGS)} and the "
                           "hardware flags may differ")
-    run.add_argument("--eval", metavar="CKPT", help="print the test bits/dim of a checkpoint")
+    run.add_argument("--eval", metavar="CKPT",
+                     help="print the test bits/dim of a checkpoint (a conditional one's: also the marginal's "
+                          "and the accuracy)")
     run.add_argument("--sample", metavar="CKPT",
                      help="write grids of samples and latent interpolations of a checkpoint into OUT")
     run.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7, 0.5],
@@ -62,7 +64,7 @@ def make_parser():
                           "one grid with a row of each digit)")
     run.add_argument("--conditional", nargs="?", const="prior", choices=list(RECIPES), metavar="WHERE",
                      help="model p(image | digit) (conditional.py) and classify digits by likelihood, with a "
-                          "recipe printed at the start: 'prior' (the default) puts the digit in the prior's mean "
+                          "recipe printed at the start: 'prior' (a bare --conditional) puts the digit in the prior's mean "
                           f"and trains with {describe_recipe(RECIPES['prior'])}; 'nets' also feeds it to every coupling "
                           f"net and trains with {describe_recipe(RECIPES['nets'])}")
     run.add_argument("--classifier-weight", type=float, metavar="W",
@@ -83,10 +85,13 @@ def add_model_flags(group):
     """The flags that choose and size the model (main.py's, and the benchmark's)."""
     group.add_argument("--model", choices=list(MODELS), default="spline",
                        help="spline couplings (spline.py), RealNVP's affine ones (realnvp.py) or NICE's additive "
-                            "ones (nice.py) (default: %(default)s)")
+                            "ones (nice.py), all with MLP nets; or the multi-scale convolutional flow "
+                            "(multiscale.py) (default: %(default)s)")
     group.add_argument("--blocks", type=int, default=4,
-                       help="blocks F = f0 o f1, two couplings each (default: %(default)s)")
-    group.add_argument("--hidden", type=int, default=512, help="hidden units of each coupling MLP (default: %(default)s)")
+                       help="blocks F = f0 o f1, two couplings each; multiscale: steps per scale (default: %(default)s)")
+    group.add_argument("--hidden", type=int,
+                       help="width of each coupling net: hidden units of an MLP (default: 512), channels of "
+                            "multiscale's conv nets (default: 64)")
     group.add_argument("--conv-channels", type=int, metavar="C",
                        help="give every coupling net a convolutional branch of C channels that sees the "
                             "conditioning half as an image (convolution.py) (default: 0, none; the --conditional "
@@ -132,7 +137,8 @@ def parse_args(argv=None):
 
 def check(args, error):
     """`error(message)` for a value out of range or a combination that means nothing."""
-    positive = {"--blocks": [args.blocks], "--hidden": [args.hidden], "--batch-size": [args.batch_size],
+    positive = {"--blocks": [args.blocks], "--hidden": [] if args.hidden is None else [args.hidden],
+                "--batch-size": [args.batch_size],
                 "--lr": [args.lr], "--temperature": args.temperature,
                 "--time-budget": [] if args.time_budget is None else [args.time_budget]}
     for flag, values in positive.items():
@@ -143,6 +149,9 @@ def check(args, error):
     for flag, value in zero_or_more.items():
         if value is not None and not (math.isfinite(value) and value >= 0):
             error(f"{flag} must be zero or more, got {value}")
+    if args.conv_channels and args.model == "multiscale":
+        error("--conv-channels gives coupling MLPs a convolutional branch; --model multiscale's nets are "
+              "convolutional already")
     if args.classifier_weight is not None and not args.conditional:
         error("--classifier-weight applies to a conditional flow: give --conditional too")
     if args.resume and (args.eval or args.sample):
@@ -161,9 +170,12 @@ def complete(args):
     for name in ("conv_channels", "classifier_weight"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(recipe, name))
+    if args.model == "multiscale":
+        args.conv_channels = 0  # its nets are convolutions: a recipe's branches are for MLPs
     args.translate, args.classifier_margin, args.class_spread = (recipe.translate, recipe.classifier_margin,
                                                                  recipe.class_spread)
     args.model_config = model_config(args.model, args.blocks, args.hidden, args.conv_channels, args.conditional)
+    args.hidden = args.model_config["hidden"]
     return args
 
 
@@ -198,6 +210,7 @@ def describe_run(args, model, device, precision, n_images):
     conditional = (f", conditioned on the digit in the {config['conditional']} (recipe --conditional "
                    f"{config['conditional']}: {describe_recipe(args)})" if config["conditional"] else "")
     conv = f" + convolutions of {config['conv_channels']} channels" if config["conv_channels"] else ""
-    return (f"{config['model']}: {config['blocks']} blocks, hidden {config['hidden']}{conv}, "
+    width = f"conv nets of {config['hidden']} channels" if config["model"] == "multiscale" else f"hidden {config['hidden']}"
+    return (f"{config['model']}: {config['blocks']} blocks, {width}{conv}, "
             f"{parameters:.1f}M parameters{conditional}; on {device}{processes}, coupling nets in {nets}; "
             f"{n_images} training images{compiling}")

@@ -1,4 +1,5 @@
-"""After step 11: a flow of the digit's images, p(x | d), and a classifier from it.
+"""Beyond step 11: a flow of the digit's images, p(x | d), and a classifier from it (read
+before the training files, which use it).
 
 MNIST's images come with labels d in {0..9}. A conditional flow models each digit's images.
 The digit enters as a one-hot vector e_d, in one or two places. It always moves the
@@ -35,8 +36,8 @@ little for telling the digits apart. `LikelihoodAndClassification` pays for it d
 the loss adds W times the classifier's cross-entropy -log p(d | x) (a "hybrid" objective).
 The flow stays an exact density; the loss changes only what training favours.
 
-`RECIPES` holds the settings main.py's --conditional trains with, for each place of the
-digit (docs/results.md has the runs that chose them).
+`RECIPES` holds the training settings for each place of the digit (main.py's --conditional
+takes one by name).
 
 Run `python conditional.py` to train a small conditional flow on two classes of points.
 """

@@ -1,7 +1,7 @@
 """Beyond RealNVP: coupling nets that also see the image as an image.
 
 A coupling net (flow.coupling_mlp) takes the conditioning half as a list of n/2 numbers:
-it learns what a stroke looks like at each position anew, and a digit drawn one pixel
+it learns what a shape looks like at each position anew, and the same shape one pixel
 to the side is new to it. A convolution slides the same small filter over every
 position, so what it learns in one place it knows everywhere. `ImageCouplingNet` adds
 such a branch to a coupling's MLP, for a flow over images [C, H, W]:

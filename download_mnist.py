@@ -163,8 +163,8 @@ def main(argv=None):
                     "DIR/MNIST/raw/. Files already there with the right MD5 are kept.")
     parser.add_argument("--data", default="data", metavar="DIR",
                         help="install into DIR/MNIST/raw/ (default: data)")
-    parser.add_argument("--mirror", nargs="+", action="extend", default=[], metavar="URL_OR_DIR",
-                        help="where to find the .gz files before the public mirrors: an "
+    parser.add_argument("--mirror", action="append", default=[], metavar="URL_OR_DIR",
+                        help="where to find the .gz files before the public mirrors (repeatable): an "
                              "http(s):// or file:// URL, or a folder")
     args = parser.parse_args(argv)
     try:

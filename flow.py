@@ -13,8 +13,8 @@ The one convention, followed by every class in the project:
     logProbability(x) = prior.logProbability(z) + logdet,   (z, logdet) = forward(x)
     sample(batchSize) = inverse(prior.sample(batchSize))[0]
 
-`forward` and `inverse` also take an optional `context` c, left at None until the last
-step (conditional.py): where it is given, each coupling hands it to its nets beside the
+`forward` and `inverse` also take an optional `context` c, left at None until
+conditional.py: where it is given, each coupling hands it to its nets beside the
 conditioning half and every other layer passes it on untouched, so that one flow models
 p(x | c) for every c. The Jacobian is that of x -> z at the given c. Until then, ignore it.
 
@@ -110,7 +110,7 @@ class Coupling(Flow):
     take n/2 + c inputs, and g still changes only the updated half). Subclasses write
     `couple(half, condition) -> (half', logdet)` and `uncouple(half', condition) -> (half, logdet)`.
 
-    The nets may compute in a lower precision (under torch.autocast): a coupling casts
+    The nets may compute in a lower precision (mixed precision, torch.autocast): a coupling casts
     their outputs to the data's dtype first, so that g, its log-det and its inverse are
     computed in the data's precision and the inverse undoes the forward exactly.
     """
@@ -219,52 +219,13 @@ class DiagonalScaling(Flow):
         return z * (-self.log_scale).exp(), -self.log_scale.sum().expand(z.shape[0])
 
 
-class CouplingFlow(Composite):
-    """Couplings over a data shape, with the prior: the common frame of NICE, RealNVP and
-    the spline flow.
+class FlowOverShape(Composite):
+    """Layers over data of a shape, with the prior over it: inputs [batch, *shape] are
+    flattened to [batch, n] for the layers, and z has the shape of x."""
 
-    Inputs of shape [batch, *shape] are flattened to [batch, n]. For images ([C, H, W]),
-    a fixed permutation puts the "white" squares of a checkerboard first and the "black"
-    ones second, so that each coupling transforms half the positions given their
-    neighbours, and its inverse permutation comes last (which puts every value back in
-    place unless the layers in between reorder them too). z has the shape of x, and
-    permutations cost no log-det.
-
-    A subclass says how many nets a block has (`NETS_PER_BLOCK`, in the order its
-    constructor takes them) and how many outputs each net gives per updated feature
-    (`outputs_per_feature`); `build` then makes them all.
-    """
-
-    NETS_PER_BLOCK = 2
-
-    def __init__(self, prior, couplings):
-        check_even(prior.dim, type(self).__name__)
-        layers = list(couplings)
-        if len(prior.shape) == 3:
-            order = checkerboard_order(prior.shape)
-            layers = [Permutation(order)] + layers + [Permutation(order.argsort())]
+    def __init__(self, layers, prior):
         super().__init__(layers, prior)
         self.shape = prior.shape
-
-    @classmethod
-    def build(cls, shape, blocks=4, hidden=512, depth=2, context_features=0, **options):
-        """The flow over data of `shape`: a standard Gaussian prior and `blocks` blocks whose
-        nets are MLPs n/2 (+ c) -> hidden (x depth) -> n/2 * outputs_per_feature; `options`
-        go to the constructor. c = context_features: the size of a context the nets also see
-        (conditional.py), 0 for none."""
-        prior = Gaussian(shape)
-        half = prior.dim // 2
-        outputs = half * cls.outputs_per_feature(**options)
-
-        def nets():
-            return [coupling_mlp(half + context_features, hidden, depth, out_features=outputs) for _ in range(blocks)]
-
-        return cls(prior, *(nets() for _ in range(cls.NETS_PER_BLOCK)), **options)
-
-    @staticmethod
-    def outputs_per_feature(**options):
-        """Outputs of each net per feature of the updated half: 1 for a shift or a log-scale."""
-        return 1
 
     def forward(self, x, context=None):
         z, logdet = super().forward(self._flatten(x), context)
@@ -287,6 +248,52 @@ class CouplingFlow(Composite):
         return inputs.flatten(1)
 
 
+class CouplingFlow(FlowOverShape):
+    """Couplings over a data shape, with the prior: the common frame of NICE, RealNVP and
+    the spline flow.
+
+    For images ([C, H, W]), a fixed permutation puts the "white" squares of a checkerboard first and the "black"
+    ones second, so that each coupling transforms half the positions given their
+    neighbours, and its inverse permutation comes last (which puts every value back in
+    place unless the layers in between reorder them too). z has the shape of x, and
+    permutations cost no log-det.
+
+    A subclass says how many nets a block has (`NETS_PER_BLOCK`, in the order its
+    constructor takes them) and how many outputs each net gives per updated feature
+    (`outputs_per_feature`); `build` then makes them all.
+    """
+
+    NETS_PER_BLOCK = 2
+
+    def __init__(self, prior, couplings):
+        check_even(prior.dim, type(self).__name__)
+        layers = list(couplings)
+        if len(prior.shape) == 3:
+            order = checkerboard_order(prior.shape)
+            layers = [Permutation(order)] + layers + [Permutation(order.argsort())]
+        super().__init__(layers, prior)
+
+    @classmethod
+    def build(cls, shape, blocks=4, hidden=512, depth=2, context_features=0, **options):
+        """The flow over data of `shape`: a standard Gaussian prior and `blocks` blocks whose
+        nets are MLPs n/2 (+ c) -> hidden (x depth) -> n/2 * outputs_per_feature; `options`
+        go to the constructor. c = context_features: the size of a context the nets also see
+        (conditional.py), 0 for none."""
+        prior = Gaussian(shape)
+        half = prior.dim // 2
+        outputs = half * cls.outputs_per_feature(**options)
+
+        def nets():
+            return [coupling_mlp(half + context_features, hidden, depth, out_features=outputs) for _ in range(blocks)]
+
+        return cls(prior, *(nets() for _ in range(cls.NETS_PER_BLOCK)), **options)
+
+    @staticmethod
+    def outputs_per_feature(**options):
+        """Outputs of each net per feature of the updated half: 1 for a shift or a log-scale."""
+        return 1
+
+
 def checkerboard_order(shape):
     """Indices of a flattened [C, H, W] tensor: checkerboard 'white' squares first, then 'black'."""
     channels, height, width = shape
@@ -304,8 +311,9 @@ def coupling_mlp(features, hidden, depth, out_features=None):
 
 
 def zero_last_layer(net):
-    """Zero the last linear layer of a net, so that it outputs 0 and its coupling starts as the identity."""
-    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    """Zero the last linear (or convolutional) layer of a net, so that it outputs 0 and its
+    coupling starts as the identity."""
+    last = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     return net

@@ -74,7 +74,7 @@ class LUMixing(Flow):
     diagonal of ones), its strictly upper triangle U's (above the diagonal exp(log_scale)).
     It starts at L = U = I after a random permutation, and learns from there. (Glow starts
     from a random rotation; over hundreds of features the L and U factors of a rotation
-    are badly conditioned, and training starts far behind.)
+    are badly conditioned.)
     Under autocast the products run in the inputs' dtype, like everything outside the
     coupling nets (flow.Coupling), so that the inverse undoes them exactly.
     """

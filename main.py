@@ -124,7 +124,8 @@ def train(args, device):
     if rank() > 0:  # each process draws its own dequantization noise
         torch.manual_seed(args.seed + 1000 * run.epochs_done + rank())
     # The loss, -mean log p(v) (pixels.py), and one step on it: backward, clip, AdamW (training.py).
-    # With --classifier-weight, the loss also pays for classifying each image right (conditional.py).
+    # With a classifier weight (the --conditional recipe's, or --classifier-weight), the loss also
+    # pays for classifying each image right (conditional.py).
     precision = pick_precision(args.precision, device)
     objective = (LikelihoodAndClassification(model, alpha, args.classifier_weight, args.classifier_margin)
                  if args.classifier_weight else NegativeLogLikelihood(model, alpha))

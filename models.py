@@ -6,7 +6,7 @@
 `model_config(...)` makes one from main.py's flags, every checkpoint stores one, and
 `build_model(config)` rebuilds the same flow from it, so a checkpoint needs nothing but
 itself. `alpha` is the logit squash of pixels.py: not part of the flow, but part of the
-density it is trained and scored on. `conv_channels` > 0 gives every coupling net a
+density it is trained and scored on. `conv_channels` > 0 gives every coupling MLP a
 convolutional branch (convolution.py); `conditional` is None, or where the digit enters a
 flow of p(image | digit) (conditional.py): "prior", or "nets" (the coupling nets and the prior).
 
@@ -14,6 +14,7 @@ Each model is trained with its own fixed settings (`SETTINGS`), which docs/resul
 """
 from conditional import DIGITS, RECIPES, ConditionalFlow
 from convolution import add_image_branches
+from multiscale import MultiScaleFlow
 from nice import NICE
 from realnvp import RealNVP
 from spline import NeuralSplineFlow
@@ -21,17 +22,21 @@ from spline import NeuralSplineFlow
 IMAGE_SHAPE = (1, 28, 28)
 ALPHA = 1e-6  # pixels.py's squash: a tiny margin keeps the logit finite
 DEPTH = 2  # hidden layers of every coupling MLP
-MODELS = {"spline": NeuralSplineFlow, "realnvp": RealNVP, "nice": NICE}
+MODELS = {"spline": NeuralSplineFlow, "realnvp": RealNVP, "nice": NICE, "multiscale": MultiScaleFlow}
 # ActNorm before each block and a fixed permutation between blocks, with 4 spline bins on [-16, 16].
 SETTINGS = {"spline": {"actnorm": True, "shuffle": True, "bins": 4, "bound": 16.0},
             "realnvp": {"actnorm": True, "shuffle": True},
-            "nice": {}}
+            "nice": {},
+            "multiscale": {"bins": 4, "bound": 16.0}}
+# Each model's coupling nets' width, where --hidden is not given: hidden units of an MLP, channels of a conv net.
+WIDTHS = {"spline": 512, "realnvp": 512, "nice": 512, "multiscale": 64}
 KEYS = ("model", "shape", "alpha", "blocks", "hidden", "conv_channels", "conditional")
 
 
-def model_config(model, blocks, hidden, conv_channels=0, conditional=None):
-    """The config of a flow over MNIST's images."""
-    return dict(zip(KEYS, [model, list(IMAGE_SHAPE), ALPHA, blocks, hidden, conv_channels, conditional]))
+def model_config(model, blocks, hidden=None, conv_channels=0, conditional=None):
+    """The config of a flow over MNIST's images (hidden None: the model's width, WIDTHS)."""
+    return dict(zip(KEYS, [model, list(IMAGE_SHAPE), ALPHA, blocks, WIDTHS[model] if hidden is None else hidden, conv_channels,
+                           conditional]))
 
 
 def build_model(config):

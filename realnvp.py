@@ -22,7 +22,8 @@ so |s| <= |a| for a learned per-feature a (initially 1) that moves only as fast 
 optimizer lets it, whatever the net outputs; and the last layer of every net starts at
 zero, so each coupling starts as the identity.
 
-`v`, `u`, `sv`, `su` are MLPs from test.py, one of each per block; the prior comes at init.
+`v`, `u` and the raw log-scales of `sv`, `su` are MLPs from test.py, one of each per block
+(so su(x) = a * tanh(mlp(x))); the prior comes at init.
 """
 import torch
 from torch import nn

@@ -41,6 +41,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from command_line import add_model_flags, add_training_flags  # noqa: E402
 from models import IMAGE_SHAPE, build_model, model_config  # noqa: E402
+from multiscale import ConvCouplingNet  # noqa: E402
 from pixels import NegativeLogLikelihood  # noqa: E402
 from test import MLP  # noqa: E402
 from training import (TrainingStep, evaluation_mode, make_optimizer, nets_autocast, pick_device,  # noqa: E402
@@ -86,7 +87,7 @@ class NetsAlone(nn.Module):
 
     def __init__(self, flow, images, alpha, device, precision):
         super().__init__()
-        self.nets = nn.ModuleList(m for m in flow.modules() if isinstance(m, MLP))
+        self.nets = nn.ModuleList(m for m in flow.modules() if isinstance(m, (MLP, ConvCouplingNet)))
         seen = {}  # net -> its input in one forward pass of the flow
         hooks = [net.register_forward_pre_hook(lambda net, inputs: seen.update({net: inputs[0]}))
                  for net in self.nets]
@@ -138,7 +139,7 @@ def parse_flags(argv):
     add_training_flags(parser)  # main.py's: --lr, --batch-size, --seed, --precision, --compile, --device
     flags = parser.parse_args(argv)
     flags.model_config = model_config(flags.model, flags.blocks, flags.hidden, flags.conv_channels or 0)
-    if min(flags.steps, flags.repeats, flags.batch_size, flags.blocks, flags.hidden) <= 0:
+    if min(flags.steps, flags.repeats, flags.batch_size, flags.blocks, flags.model_config["hidden"]) <= 0:
         parser.error("--steps, --repeats, --batch-size, --blocks and --hidden must be positive")
     if flags.precision == "fp32":
         parser.error("--precision names the mixed precision to set against float32: auto, bf16 or fp16")

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from convolution import add_image_branches
-from flow import Composite, CouplingFlow, DiagonalScaling, Permutation, checkerboard_order, coupling_mlp
+from flow import Composite, DiagonalScaling, FlowOverShape, Permutation, checkerboard_order, coupling_mlp
 from layers import ActNorm, LUMixing
+from multiscale import ConvCouplingNet, FactorOut, MultiScaleFlow, PerPosition, squeeze_order
 from nice import NICE, AdditiveCoupling
 from realnvp import RealNVP, AffineCoupling
 from spline import NeuralSplineFlow, SplineCoupling, rational_quadratic_spline
@@ -48,6 +49,15 @@ BIJECTIVES = [
                  [1, 4, 4], id="spline-flow-convolutions"),
     pytest.param(lambda: add_image_branches(RealNVP.build([2, 2, 4], blocks=1, hidden=16), channels=4),
                  [2, 2, 4], id="realnvp-convolutions-2-channels"),
+    pytest.param(lambda: Permutation(squeeze_order([2, 4, 6])), [48], id="squeeze"),
+    pytest.param(lambda: PerPosition(ActNorm(3), [3, 2, 2]), [12], id="actnorm-per-channel"),
+    pytest.param(lambda: PerPosition(LUMixing(4), [4, 3, 2]), [24], id="1x1-convolution"),
+    pytest.param(lambda: SplineCoupling(16, ConvCouplingNet([2, 2, 2], 8, 2, 11), update="y"), [16],
+                 id="spline-coupling-conv-net"),
+    pytest.param(lambda: FactorOut(3, LUMixing(5)), [8], id="factor-out"),
+    pytest.param(lambda: MultiScaleFlow.build([1, 4, 4], blocks=2, hidden=8), [1, 4, 4], id="multiscale-1x4x4"),
+    pytest.param(lambda: MultiScaleFlow.build([2, 4, 8], blocks=1, hidden=8, depth=1), [2, 4, 8],
+                 id="multiscale-2x4x8"),
 ]
 
 
@@ -79,8 +89,9 @@ def logdet_by_autograd(module, sample):
 
 
 def layers_of(module):
-    """(the layers of a bijective, each on the flattened samples a CouplingFlow hands them, the context they take)."""
-    if isinstance(module, CouplingFlow):
+    """(the layers of a bijective, the context they take, whether they take flattened samples
+    [batch, n] as a FlowOverShape hands them)."""
+    if isinstance(module, FlowOverShape):
         return list(module.layers), None, True
     return (list(module.layers) if isinstance(module, Composite) else [module]), None, False
 

@@ -6,12 +6,12 @@ import torch
 from conditional import (DIGITS, ConditionalFlow, ConditionalGaussian, LikelihoodAndClassification, label_context,
                          log_density_by_digit, marginal_log_density)
 from convolution import add_image_branches
-from flow import Coupling, CouplingFlow
+from flow import Coupling, FlowOverShape, coupling_mlp
 from layers import data_dependent_init
+from multiscale import MultiScaleFlow
 from realnvp import AffineCoupling, RealNVP
-from spline import NeuralSplineFlow
-from flow import coupling_mlp
 from nice import AdditiveCoupling
+from spline import NeuralSplineFlow
 from pixels import dequantize_and_logit, log_density
 from test_bijective import check_bijective
 from test_probability import check_density_integrates_to_one, random_2d
@@ -36,8 +36,8 @@ def layers_given_context(module):
     """For step 4's bfloat16 check: the layers of the flow inside, and the context they see."""
     inner = module.flow.flow if isinstance(module.flow, ConditionalFlow) else module.flow
     context = module.context if not isinstance(module.flow, ConditionalFlow) or module.flow.nets_see_context else None
-    layers = list(inner.layers) if isinstance(inner, CouplingFlow) else [inner]
-    return layers, context, isinstance(inner, CouplingFlow)
+    layers = list(inner.layers) if isinstance(inner, FlowOverShape) else [inner]
+    return layers, context, isinstance(inner, FlowOverShape)
 
 
 CONTEXT = [0.5, -1.0, 2.0]  # any vector can be a context; main.py's is a one-hot digit
@@ -63,6 +63,9 @@ CONDITIONAL_BIJECTIVES = [
     pytest.param(lambda: GivenContext(conditional(add_image_branches(
         RealNVP.build([2, 2, 4], blocks=1, hidden=16, context_features=DIGITS), channels=4)), DIGIT_3),
                  [2, 2, 4], id="realnvp-convolutions-digit-in-the-nets"),
+    pytest.param(lambda: GivenContext(conditional(MultiScaleFlow.build([1, 4, 4], blocks=1, hidden=8,
+                                                                       context_features=DIGITS)), DIGIT_3),
+                 [1, 4, 4], id="multiscale-digit-in-the-nets"),
 ]
 
 

@@ -210,7 +210,7 @@ def test_command_line(tmp_path, mirror, capsys):
     assert main(arguments) == 1
     error = capsys.readouterr().err
     assert error.startswith("download_mnist.py: error: ") and error.count("\n") == 1
-    assert main(arguments + [str(mirror)]) == 0  # --mirror takes several
+    assert main(arguments + ["--mirror", str(mirror)]) == 0  # --mirror is repeatable, as in main.py
     assert installed(tmp_path / "data") == sorted(download_mnist.FILES)
 
 
