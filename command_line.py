@@ -40,8 +40,8 @@ class ResumeError(Exception):
 def make_parser():
     parser = OneLineErrors(
         prog="main.py",
-        description="Train a normalizing flow (spline couplings, RealNVP or NICE) on MNIST and report test "
-                    "bits/dim; or evaluate or sample a checkpoint.")
+        description="Train a normalizing flow (multi-scale convolutional, spline, RealNVP or NICE) on MNIST and "
+                    "report test bits/dim; or evaluate or sample a checkpoint.")
     run = parser.add_argument_group("what to run")
     run.add_argument("--epochs", type=int, default=12, help="passes over the training images (default: %(default)s)")
     run.add_argument("--time-budget", type=float, metavar="SECONDS",
@@ -64,8 +64,8 @@ def make_parser():
                           "one grid with a row of each digit)")
     run.add_argument("--conditional", nargs="?", const="prior", choices=list(RECIPES), metavar="WHERE",
                      help="model p(image | digit) (conditional.py) and classify digits by likelihood, with a "
-                          "recipe printed at the start: 'prior' (a bare --conditional) puts the digit in the prior's mean "
-                          f"and trains with {describe_recipe(RECIPES['prior'])}; 'nets' also feeds it to every coupling "
+                          "recipe printed at the start: 'prior' (a bare --conditional) puts the digit in the prior's "
+                          f"mean and trains with {describe_recipe(RECIPES['prior'])}; 'nets' also feeds it to every coupling "
                           f"net and trains with {describe_recipe(RECIPES['nets'])}")
     run.add_argument("--classifier-weight", type=float, metavar="W",
                      help="with --conditional: the loss adds W times the cross-entropy of classifying each image "
@@ -83,10 +83,10 @@ def make_parser():
 
 def add_model_flags(group):
     """The flags that choose and size the model (main.py's, and the benchmark's)."""
-    group.add_argument("--model", choices=list(MODELS), default="spline",
-                       help="spline couplings (spline.py), RealNVP's affine ones (realnvp.py) or NICE's additive "
-                            "ones (nice.py), all with MLP nets; or the multi-scale convolutional flow "
-                            "(multiscale.py) (default: %(default)s)")
+    group.add_argument("--model", choices=list(MODELS), default="multiscale",
+                       help="the multi-scale convolutional flow (multiscale.py); or spline couplings (spline.py), "
+                            "RealNVP's affine ones (realnvp.py) or NICE's additive ones (nice.py), all three with "
+                            "MLP nets (default: %(default)s)")
     group.add_argument("--blocks", type=int, default=4,
                        help="blocks F = f0 o f1, two couplings each; multiscale: steps per scale (default: %(default)s)")
     group.add_argument("--hidden", type=int,
@@ -102,7 +102,8 @@ def add_training_flags(group):
     """The flags of the training step and the hardware (main.py's, and the benchmark's)."""
     group.add_argument("--lr", type=float, default=2e-3,
                        help="peak AdamW learning rate, warm-up then cosine decay to 0 (default: %(default)s)")
-    group.add_argument("--batch-size", type=int, default=256, help="images per step and process (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=32,
+                       help="images per step and process; the MLP models run best at 256 (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                        help="the coupling nets' precision in training (the rest stays float32); auto: bf16 where it "
@@ -117,7 +118,8 @@ def add_training_flags(group):
 def describe_recipe(settings):
     """What a recipe (a `Recipe`, or a run's completed flags) trains with, in words."""
     moves = f"images moved by up to {settings.translate} pixel" if settings.translate else "no moves"
-    branches = f"branches of {settings.conv_channels} channels" if settings.conv_channels else "no branches"
+    branches = (f"branches of {settings.conv_channels} channels on MLP nets" if settings.conv_channels
+                else "no branches")
     return (f"{branches}, {moves}, classifier weight {settings.classifier_weight:g} with a margin of "
             f"{settings.classifier_margin:g} nats, class means spread {settings.class_spread:g}")
 

@@ -22,10 +22,11 @@ p(x | c) for every c. The Jacobian is that of x -> z at the given c. Until then,
 `inverse`; a flow made of layers (`Composite`) adds their log-determinants and runs the
 inverses in reverse order.
 
-This file also holds the pieces NICE (nice.py) and RealNVP (realnvp.py) share:
-`Coupling`, which splits the features into two halves and transforms one given the
-other, `Permutation`, which reorders features so that the halves form a checkerboard on
-images, and `CouplingFlow`, the frame of stacked couplings with one `build` for all.
+This file also holds the pieces NICE (nice.py), RealNVP (realnvp.py) and the spline flow
+(spline.py) share: `Coupling`, which splits the features into two halves and transforms
+one given the other, `Permutation`, a fixed reordering of the features (on images, the one
+that makes the halves a checkerboard), and `CouplingFlow`, the frame of stacked couplings
+with one `build` for all.
 
 Papers: NICE, Dinh et al. 2014, https://arxiv.org/abs/1410.8516;
 RealNVP, Dinh et al. 2016, https://arxiv.org/abs/1605.08803.

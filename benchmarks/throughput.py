@@ -7,13 +7,13 @@
 
 It takes main.py's model flags (command_line.py) and the training flags that set the speed:
 --batch-size, --lr, --device, --compile (on by default, as in main.py), and --precision for the mixed
-precision to set against float32 (auto: bf16 or fp16 as main.py picks them, and bf16
-where main.py would pick float32). Prints, for that model:
+precision to set against float32 (auto: the one main.py picks; where main.py picks float32,
+as on a CPU without fast bfloat16, only float32 is timed). Prints, for that model:
 
   full step    dequantize, logit, logProbability, backward, clip, optimizer: main.py's own
                training step (training.TrainingStep), in float32 and in mixed precision
                (coupling nets in bf16/fp16); with --compile, compiled, and uncompiled
-  nets alone   the same coupling MLPs, uncompiled, forward + backward + the same clip and
+  nets alone   the same coupling nets, uncompiled, forward + backward + the same clip and
                fused AdamW, through the same TrainingStep, on random tensors of the shapes
                they see in the flow: what the step would cost with no flow around it (the
                compute floor), in float32 and in the mixed precision
@@ -149,26 +149,33 @@ def parse_flags(argv):
 def main_benchmark(argv=None):
     flags = parse_flags(argv)
     device = pick_device(flags.device)
-    mixed_precision = pick_precision(flags.precision, device) or torch.bfloat16
+    precisions = {"fp32": None}  # label -> the coupling nets' autocast dtype
+    mixed_precision = pick_precision(flags.precision, device)
+    if mixed_precision is not None:
+        precisions["mixed"] = mixed_precision
     config = flags.model_config
     torch.manual_seed(0)
     images = [torch.randint(0, 256, (flags.batch_size, *IMAGE_SHAPE), dtype=torch.uint8, device=device)
               for _ in range(4)]
     print(f"{config}, batch {flags.batch_size}, {device}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}{', compiled step' if flags.compile else ''}")
+    if mixed_precision is None:
+        print("mixed precision: not timed, as main.py trains in float32 here (bfloat16 would be emulated); "
+              "--precision bf16 times it anyway")
 
     eager_fp32_step, model = full_step(flags, config, None, images, False)
     eager_fp32_step(2)  # warm-up, then the memory, before anything else is built
     memory = peak_memory_mb(device)
-    runs = {"fp32_step": eager_fp32_step,
-            "mixed_step": full_step(flags, config, mixed_precision, images, False)[0],
-            "fp32_nets": nets_alone(flags, model, config, device, None, images),
-            "mixed_nets": nets_alone(flags, model, config, device, mixed_precision, images),
-            "sampling": sampling(model, flags.batch_size)}
+    runs = {"fp32_step": eager_fp32_step}
+    for label, precision in precisions.items():
+        if label != "fp32":
+            runs[f"{label}_step"] = full_step(flags, config, precision, images, False)[0]
+        runs[f"{label}_nets"] = nets_alone(flags, model, config, device, precision, images)
+    runs["sampling"] = sampling(model, flags.batch_size)
     if flags.compile:  # the compiled steps become the full steps; the uncompiled ones stay, for comparison
-        runs["fp32_step_eager"], runs["mixed_step_eager"] = runs["fp32_step"], runs["mixed_step"]
-        runs["fp32_step"] = full_step(flags, config, None, images, True)[0]
-        runs["mixed_step"] = full_step(flags, config, mixed_precision, images, True)[0]
+        for label, precision in precisions.items():
+            runs[f"{label}_step_eager"] = runs[f"{label}_step"]
+            runs[f"{label}_step"] = full_step(flags, config, precision, images, True)[0]
     for run in runs.values():
         run(2)
     figures = {name: [] for name in runs}
@@ -177,32 +184,32 @@ def main_benchmark(argv=None):
             figures[name].append(rate(run, flags.batch_size, flags.steps, device))
 
     result = {name: round(statistics.median(values), 1) for name, values in figures.items()}
-    result["fp32_step_over_nets"] = round(result["fp32_step"] / result["fp32_nets"], 3)
-    result["mixed_step_over_nets"] = round(result["mixed_step"] / result["mixed_nets"], 3)
-    result["mixed_over_fp32_step"] = round(result["mixed_step"] / result["fp32_step"], 3)
-    result["mixed_over_fp32_nets"] = round(result["mixed_nets"] / result["fp32_nets"], 3)
-    if flags.compile:
-        result["fp32_compiled_over_eager"] = round(result["fp32_step"] / result["fp32_step_eager"], 3)
-        result["mixed_compiled_over_eager"] = round(result["mixed_step"] / result["mixed_step_eager"], 3)
-    result["mixed_precision"] = str(mixed_precision).removeprefix("torch.")
+    names = {label: str(precision or torch.float32).removeprefix("torch.") for label, precision in precisions.items()}
+    for label in precisions:
+        result[f"{label}_step_over_nets"] = round(result[f"{label}_step"] / result[f"{label}_nets"], 3)
+        if flags.compile:
+            result[f"{label}_compiled_over_eager"] = round(result[f"{label}_step"] / result[f"{label}_step_eager"], 3)
+    if mixed_precision is not None:
+        result["mixed_over_fp32_step"] = round(result["mixed_step"] / result["fp32_step"], 3)
+        result["mixed_over_fp32_nets"] = round(result["mixed_nets"] / result["fp32_nets"], 3)
+        result["mixed_precision"] = names["mixed"]
     result["peak_memory_mb"] = round(memory, 1)
     result["batch_size"] = flags.batch_size
     result["compiled"] = flags.compile
 
-    mixed = result["mixed_precision"]
-    print(f"full step, float32:              {result['fp32_step']:8.1f} samples/s")
-    print(f"full step, {mixed:>8}:             {result['mixed_step']:8.1f} samples/s")
-    print(f"coupling nets alone, float32:    {result['fp32_nets']:8.1f} samples/s  (the compute floor)")
-    print(f"coupling nets alone, {mixed:>8}:   {result['mixed_nets']:8.1f} samples/s  (its floor)")
-    print(f"sampling:                        {result['sampling']:8.1f} samples/s")
-    print(f"full float32 step / nets alone:  {result['fp32_step_over_nets']:.3f}")
-    print(f"full {mixed:>8} step / nets alone: {result['mixed_step_over_nets']:.3f}")
-    print(f"mixed / float32 full step:       {result['mixed_over_fp32_step']:.3f}")
-    print(f"mixed / float32 nets alone:      {result['mixed_over_fp32_nets']:.3f}  (what the nets themselves gain)")
+    for label, name in names.items():
+        print(f"full step, {name}: {result[f'{label}_step']:.1f} samples/s")
+        print(f"coupling nets alone, {name}: {result[f'{label}_nets']:.1f} samples/s  (the compute floor)")
+    print(f"sampling: {result['sampling']:.1f} samples/s")
+    for label, name in names.items():
+        print(f"full {name} step / nets alone: {result[f'{label}_step_over_nets']:.3f}")
+    if mixed_precision is not None:
+        print(f"mixed / float32 full step: {result['mixed_over_fp32_step']:.3f}")
+        print(f"mixed / float32 nets alone: {result['mixed_over_fp32_nets']:.3f}  (what the nets themselves gain)")
     if flags.compile:
-        print(f"compiled / uncompiled step:      {result['fp32_compiled_over_eager']:.3f} in float32, "
-              f"{result['mixed_compiled_over_eager']:.3f} in {mixed} "
-              f"(uncompiled: {result['fp32_step_eager']:.1f} and {result['mixed_step_eager']:.1f} samples/s)")
+        for label, name in names.items():
+            print(f"compiled / uncompiled step, {name}: {result[f'{label}_compiled_over_eager']:.3f} "
+                  f"(uncompiled: {result[f'{label}_step_eager']:.1f} samples/s)")
     print(f"peak memory (uncompiled float32 step): {result['peak_memory_mb']:.0f} MB")
     print(json.dumps(result))
 

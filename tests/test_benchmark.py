@@ -36,11 +36,19 @@ def test_with_compile_it_also_times_the_uncompiled_steps(capsys, monkeypatch):
         return objective
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    output, result = benchmark(capsys, "--compile")
+    output, result = benchmark(capsys, "--compile", "--precision", "bf16")
     assert len(compiled) == 2  # the float32 and the mixed-precision steps
     assert result["compiled"] and all(result[name] > 0 for name in ["fp32_step_eager", "mixed_step_eager"])
     assert result["mixed_compiled_over_eager"] > 0
-    assert any(line.startswith("compiled / uncompiled step:") for line in output)
+    assert any(line.startswith("compiled / uncompiled step, bfloat16:") for line in output)
+
+
+def test_times_float32_alone_where_main_py_would_train_in_float32(capsys, monkeypatch):
+    monkeypatch.setattr(throughput, "pick_precision", lambda name, device: None)  # e.g. bfloat16 emulated
+    output, result = benchmark(capsys)
+    assert result["fp32_step"] > 0 and result["fp32_nets"] > 0
+    assert not any(name.startswith("mixed") for name in result)
+    assert any(line.startswith("mixed precision: not timed") for line in output)
 
 
 @pytest.mark.parametrize("flags", [["--steps", "0"], ["--precision", "fp32"]])

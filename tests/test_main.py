@@ -98,7 +98,7 @@ def test_training_lowers_the_test_bits_per_dim(data_root, tmp_path):
     assert checkpoints.load(out / "latest.pt")["model_config"]["model"] == "nice"
 
 
-@pytest.mark.parametrize("flags", [[], ["--conv-channels", "4"]], ids=["defaults", "convolutions"])
+@pytest.mark.parametrize("flags", [[], ["--model", "spline", "--conv-channels", "4"]], ids=["defaults", "convolutions"])
 def test_eval_reproduces_the_logged_test_bits_per_dim(data_root, trained, tmp_path, capsys, flags):
     # With convolutions, this holds only if the checkpoint's flow places its pixels as the trained one did.
     out = tmp_path / "run" if flags else trained
@@ -195,12 +195,13 @@ def parsed(*flags):
 
 
 def test_conditional_names_a_recipe_and_a_flag_given_overrides_it():
-    prior, nets, plain = parsed("--conditional"), parsed("--conditional", "nets"), parsed()
-    assert parsed("--conditional", "prior").model_config == prior.model_config
+    spline = ("--model", "spline")
+    prior, nets, plain = parsed(*spline, "--conditional"), parsed(*spline, "--conditional", "nets"), parsed(*spline)
+    assert parsed(*spline, "--conditional", "prior").model_config == prior.model_config
     assert [(run.conv_channels, run.translate, run.classifier_weight, run.classifier_margin, run.class_spread)
             for run in (prior, nets, plain)] == [(32, 1, 6, 30, 1.5), (0, 0, 0, 0, 1), (0, 0, 0, 0, 1)]
     assert prior.model_config["conv_channels"] == 32 and plain.model_config["conv_channels"] == 0
-    given = parsed("--conditional", "--conv-channels", "0", "--classifier-weight", "10")
+    given = parsed(*spline, "--conditional", "--conv-channels", "0", "--classifier-weight", "10")
     assert (given.model_config["conv_channels"], given.classifier_weight, given.translate) == (0, 10, 1)
 
 
@@ -222,12 +223,13 @@ def test_the_recipe_is_printed_and_its_runs_train_on_moved_images(digit_data_roo
     spreads, real_fit = [], ConditionalGaussian.fit_context_means
     monkeypatch.setattr(ConditionalGaussian, "fit_context_means",
                         lambda self, z, context, spread: spreads.append(spread) or real_fit(self, z, context, spread))
-    assert run(digit_data_root, tmp_path / "run", "--conditional", "--conv-channels", "4", "--epochs", "1") == 0
+    assert run(digit_data_root, tmp_path / "run", "--conditional", "--model", "spline", "--conv-channels", "4",
+               "--epochs", "1") == 0
     assert len(moved_batches) == math.ceil(540 / 50)  # every batch of the 540 training images (60 held out)
     assert all(trained is moved for trained, moved in zip(trained_batches, moved_batches, strict=True))
     assert spreads == [1.5]  # the class means start spread
-    assert ("conditioned on the digit in the prior (recipe --conditional prior: branches of 4 channels, images moved "
-            "by up to 1 pixel, classifier weight 6 with a margin of 30 nats, class means spread 1.5)"
+    assert ("conditioned on the digit in the prior (recipe --conditional prior: branches of 4 channels on MLP nets, "
+            "images moved by up to 1 pixel, classifier weight 6 with a margin of 30 nats, class means spread 1.5)"
             in capsys.readouterr().out)
 
 
@@ -432,7 +434,7 @@ def test_help_lists_about_twenty_flags_the_learners_first_each_default_once(caps
     assert len(options) == 22, options
     assert options[:3] == ["--epochs", "--time-budget", "--out"] and options.index("--model") < options.index("--lr")
     assert "default: None" not in help_text and "(default: on) (default" not in help_text
-    assert "images per step and process (default: 256)" in help_text
+    assert "images per step and process; the MLP models run best at 256 (default: 32)" in help_text
 def test_bad_checkpoints_and_output_folders_are_one_line_errors(data_root, tmp_path, capsys):
     torch.save({"format": checkpoints.FORMAT, "model": {}}, tmp_path / "incomplete.pt")
     (tmp_path / "a-file").write_text("not a folder")
