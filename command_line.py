@@ -12,7 +12,7 @@ import torch
 
 import distributed
 from conditional import RECIPES, Recipe
-from models import IMAGE_SHAPE, MODELS, model_config
+from models import IMAGE_SHAPE, MODELS, has_mlp_nets, model_config
 
 # What an unconditional run trains with, where a conditional one takes its recipe's.
 NO_RECIPE = Recipe(conv_channels=0, translate=0, classifier_weight=0.0, classifier_margin=0.0, class_spread=1.0)
@@ -151,8 +151,8 @@ def check(args, error):
     for flag, value in zero_or_more.items():
         if value is not None and not (math.isfinite(value) and value >= 0):
             error(f"{flag} must be zero or more, got {value}")
-    if args.conv_channels and args.model == "multiscale":
-        error("--conv-channels gives coupling MLPs a convolutional branch; --model multiscale's nets are "
+    if args.conv_channels and not has_mlp_nets(args.model):
+        error(f"--conv-channels gives coupling MLPs a convolutional branch; --model {args.model}'s nets are "
               "convolutional already")
     if args.classifier_weight is not None and not args.conditional:
         error("--classifier-weight applies to a conditional flow: give --conditional too")
@@ -169,11 +169,10 @@ def check(args, error):
 def complete(args):
     """Fill in what the --conditional recipe sets (flags not given take its values) and the model config."""
     recipe = RECIPES[args.conditional] if args.conditional else NO_RECIPE
-    for name in ("conv_channels", "classifier_weight"):
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(recipe, name))
-    if args.model == "multiscale":
-        args.conv_channels = 0  # its nets are convolutions: a recipe's branches are for MLPs
+    if args.conv_channels is None:  # a recipe's branches are for MLP nets
+        args.conv_channels = recipe.conv_channels if has_mlp_nets(args.model) else 0
+    if args.classifier_weight is None:
+        args.classifier_weight = recipe.classifier_weight
     args.translate, args.classifier_margin, args.class_spread = (recipe.translate, recipe.classifier_margin,
                                                                  recipe.class_spread)
     args.model_config = model_config(args.model, args.blocks, args.hidden, args.conv_channels, args.conditional)
@@ -212,7 +211,7 @@ def describe_run(args, model, device, precision, n_images):
     conditional = (f", conditioned on the digit in the {config['conditional']} (recipe --conditional "
                    f"{config['conditional']}: {describe_recipe(args)})" if config["conditional"] else "")
     conv = f" + convolutions of {config['conv_channels']} channels" if config["conv_channels"] else ""
-    width = f"conv nets of {config['hidden']} channels" if config["model"] == "multiscale" else f"hidden {config['hidden']}"
+    width = f"hidden {config['hidden']}" if has_mlp_nets(config["model"]) else f"conv nets of {config['hidden']} channels"
     return (f"{config['model']}: {config['blocks']} blocks, {width}{conv}, "
             f"{parameters:.1f}M parameters{conditional}; on {device}{processes}, coupling nets in {nets}; "
             f"{n_images} training images{compiling}")

@@ -14,6 +14,7 @@ Each model is trained with its own fixed settings (`SETTINGS`), which docs/resul
 """
 from conditional import DIGITS, RECIPES, ConditionalFlow
 from convolution import add_image_branches
+from flow import CouplingFlow
 from multiscale import MultiScaleFlow
 from nice import NICE
 from realnvp import RealNVP
@@ -31,6 +32,11 @@ SETTINGS = {"spline": {"actnorm": True, "shuffle": True, "bins": 4, "bound": 16.
 # Each model's coupling nets' width, where --hidden is not given: hidden units of an MLP, channels of a conv net.
 WIDTHS = {"spline": 512, "realnvp": 512, "nice": 512, "multiscale": 64}
 KEYS = ("model", "shape", "alpha", "blocks", "hidden", "conv_channels", "conditional")
+
+
+def has_mlp_nets(model):
+    """Whether the model's coupling nets are MLPs (a CouplingFlow's), which --conv-channels can give branches."""
+    return issubclass(MODELS[model], CouplingFlow)
 
 
 def model_config(model, blocks, hidden=None, conv_channels=0, conditional=None):

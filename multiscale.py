@@ -127,9 +127,9 @@ def scale_layers(shape, blocks, hidden, depth, context_features, bins, bound):
     layers = [Permutation(squeeze_order(shape))]
     for index in range(blocks):
         net = ConvCouplingNet((channels // 2, height, width), hidden, depth, 3 * bins - 1, context_features)
-        layers += [PerPosition(ActNorm(channels), (channels, height, width)),
-                   PerPosition(LUMixing(channels, generator=torch.Generator().manual_seed(index)),
-                               (channels, height, width)),
+        # ActNorm then the 1 x 1 convolution, both at every position: one reshape to rows for the two.
+        per_position = Composite([ActNorm(channels), LUMixing(channels, generator=torch.Generator().manual_seed(index))])
+        layers += [PerPosition(per_position, (channels, height, width)),
                    SplineCoupling(features, net, "y" if index % 2 == 0 else "x", bins, bound)]
     if height % 2 == 0 and width % 2 == 0:
         rest = scale_layers((channels // 2, height, width), blocks, hidden, depth, context_features, bins, bound)
