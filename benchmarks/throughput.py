@@ -166,10 +166,10 @@ def main_benchmark(argv=None):
     eager_fp32_step, model = full_step(flags, config, None, images, False)
     eager_fp32_step(2)  # warm-up, then the memory, before anything else is built
     memory = peak_memory_mb(device)
-    runs = {"fp32_step": eager_fp32_step}
+    runs = {}
     for label, precision in precisions.items():
-        if label != "fp32":
-            runs[f"{label}_step"] = full_step(flags, config, precision, images, False)[0]
+        runs[f"{label}_step"] = eager_fp32_step if precision is None else full_step(flags, config, precision, images,
+                                                                                     False)[0]
         runs[f"{label}_nets"] = nets_alone(flags, model, config, device, precision, images)
     runs["sampling"] = sampling(model, flags.batch_size)
     if flags.compile:  # the compiled steps become the full steps; the uncompiled ones stay, for comparison

@@ -435,6 +435,8 @@ def test_help_lists_about_twenty_flags_the_learners_first_each_default_once(caps
     assert options[:3] == ["--epochs", "--time-budget", "--out"] and options.index("--model") < options.index("--lr")
     assert "default: None" not in help_text and "(default: on) (default" not in help_text
     assert "images per step and process; the MLP models run best at 256 (default: 32)" in help_text
+
+
 def test_bad_checkpoints_and_output_folders_are_one_line_errors(data_root, tmp_path, capsys):
     torch.save({"format": checkpoints.FORMAT, "model": {}}, tmp_path / "incomplete.pt")
     (tmp_path / "a-file").write_text("not a folder")
